@@ -1,0 +1,3 @@
+from voicescreen.cli import main
+
+raise SystemExit(main())

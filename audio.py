@@ -1,0 +1,112 @@
+"""Audio facts, in one place, and the pure functions that apply them.
+
+Everything inside voicescreen is 16 kHz mono float32 in [-1, 1]. A model scores a fixed-length
+window; a window shorter than that (a short file, the start of a call) is repeat-padded exactly as
+the reference training loaders pad, so streaming, offline and training scores of the same audio
+agree.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+SAMPLE_RATE = 16000  # Hz, the one rate inside the package
+WINDOW_SAMPLES = 64600  # ≈ 4.04 s: the input of AASIST and the AASIST-repo RawNet2
+HOP_SECONDS = 1.0  # default hop between sliding windows
+HOP_SAMPLES = int(HOP_SECONDS * SAMPLE_RATE)
+
+
+class AudioError(ValueError):
+    """Audio that cannot be read or makes no sense (empty, NaN, impossible rate)."""
+
+
+def pad_repeat(x: np.ndarray, length: int = WINDOW_SAMPLES) -> np.ndarray:
+    """Cut or repeat-pad a 1-D signal to ``length`` samples.
+
+    A longer signal keeps its first ``length`` samples; a shorter one is tiled from its start
+    (the reference loaders' ``pad``: ``np.tile(x, n)[:length]``).
+    """
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim != 1:
+        raise AudioError(f"expected a 1-D signal, got shape {x.shape}")
+    if x.size == 0:
+        raise AudioError("cannot pad an empty signal")
+    if x.size >= length:
+        return x[:length].copy()
+    return np.tile(x, math.ceil(length / x.size))[:length]
+
+
+def to_mono(x: np.ndarray) -> np.ndarray:
+    """Average the channels of a (samples, channels) array; a 1-D array is returned as is."""
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim == 1:
+        return x
+    if x.ndim != 2:
+        raise AudioError(f"expected (samples, channels) audio, got shape {x.shape}")
+    return x.mean(axis=1, dtype=np.float32)
+
+
+def resample(x: np.ndarray, orig_rate: int, new_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Resample a whole 1-D float32 signal (offline; streams use the stateful resampler)."""
+    if orig_rate <= 0 or new_rate <= 0:
+        raise AudioError(f"impossible sample rate {orig_rate} -> {new_rate}")
+    if orig_rate == new_rate:
+        return np.asarray(x, dtype=np.float32)
+    import torch
+    import torchaudio.functional as F
+
+    y = F.resample(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), orig_rate, new_rate)
+    return y.numpy()
+
+
+def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Read a WAV/FLAC/OGG file as mono float32 at ``sample_rate`` Hz, shape (samples,)."""
+    import soundfile as sf
+
+    try:
+        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, OSError) as e:
+        raise AudioError(f"{path}: cannot read audio ({e})") from e
+    if data.shape[0] == 0:
+        raise AudioError(f"{path}: no audio samples")
+    x = resample(to_mono(data), rate, sample_rate)
+    if not np.isfinite(x).all():
+        raise AudioError(f"{path}: audio contains NaN or infinite samples")
+    return x
+
+
+@dataclass(frozen=True)
+class Window:
+    """One model input cut from a longer signal; start/end in samples of the source."""
+
+    index: int
+    start: int
+    end: int
+    samples: np.ndarray  # (window_samples,), repeat-padded when the source was shorter
+
+
+def sliding_windows(
+    x: np.ndarray, window_samples: int = WINDOW_SAMPLES, hop_samples: int = HOP_SAMPLES
+) -> Iterator[Window]:
+    """Cut a signal into windows of ``window_samples`` every ``hop_samples``.
+
+    A signal shorter than one window gives one repeat-padded window. Otherwise windows start at
+    0, hop, 2·hop, ... while they fit, and a last window is aligned to the end of the signal when
+    the regular ones leave a tail, so every sample is scored.
+    """
+    if hop_samples <= 0:
+        raise ValueError("hop must be positive")
+    n = len(x)
+    if n <= window_samples:
+        yield Window(0, 0, n, pad_repeat(x, window_samples))
+        return
+    starts = list(range(0, n - window_samples + 1, hop_samples))
+    if starts[-1] + window_samples < n:
+        starts.append(n - window_samples)
+    for i, s in enumerate(starts):
+        yield Window(i, s, s + window_samples, np.asarray(x[s : s + window_samples], np.float32))

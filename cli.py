@@ -1,0 +1,242 @@
+"""The ``voicescreen`` command line: one entry point, one subcommand per job."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import sys
+from pathlib import Path
+
+from voicescreen.audio import HOP_SECONDS
+
+log = logging.getLogger("voicescreen")
+
+# The published AASIST checkpoints (clovaai/aasist, models/weights/, MIT licence).
+OFFICIAL_WEIGHTS = {
+    "aasist": {
+        "sha256": "51d2d9cf0738172f61e2a384ec50a54a55363240f67c971ed55a92435bc1a1c0",
+        "published": {"data": "ASVspoof 2019 LA eval", "eer_percent": 0.83, "min_tdcf": 0.0275},
+    },
+    "aasist-l": {
+        "sha256": "814331d088032bb4c3fa61cc014789eadeed464209dd094ab3a2dd6ffbdce27a",
+        "published": {"data": "ASVspoof 2019 LA eval", "eer_percent": 0.99, "min_tdcf": 0.0309},
+    },
+}
+AASIST_ATTRIBUTION = (
+    "AASIST weights (c) 2021-present NAVER Corp., MIT licence, from clovaai/aasist "
+    "(Jung et al., 'AASIST: Audio Anti-Spoofing using Integrated Spectro-Temporal Graph "
+    "Attention Networks', ICASSP 2022)"
+)
+
+
+def _fail(message: str) -> int:
+    print(f"voicescreen: {message}", file=sys.stderr)
+    return 2
+
+
+# --- voicescreen score -------------------------------------------------------------------------
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from voicescreen.audio import AudioError
+    from voicescreen.models.bundle import BundleError, load_bundle
+    from voicescreen.models.store import resolve_bundle
+    from voicescreen.scoring import Scorer
+
+    try:
+        bundle = load_bundle(resolve_bundle(args.bundle))
+        options = {"threads": args.threads}
+        if args.backend == "onnx":
+            options["providers"] = args.providers
+        scorer = Scorer(bundle, args.backend, **options)
+    except (BundleError, FileNotFoundError, ValueError) as e:
+        return _fail(str(e))
+    if args.hop <= 0:
+        return _fail("--hop must be positive")
+
+    failed = 0
+    for path in args.files:
+        try:
+            result = scorer.score_file(path, hop=args.hop)
+        except (AudioError, OSError) as e:
+            failed += 1
+            if args.json:
+                print(json.dumps({"file": path, "error": str(e)}), flush=True)
+            else:
+                print(f"{path}: error: {e}", file=sys.stderr, flush=True)
+            continue
+        if args.json:
+            print(json.dumps(result.to_dict(windows=args.windows)), flush=True)
+            continue
+        print(
+            f"{path}  {result.verdict:<8}  score {result.score:+.4f}  "
+            f"calibrated {result.calibrated:+.3f}  ({result.duration:.2f} s, "
+            f"{len(result.windows)} window{'s' * (len(result.windows) != 1)})",
+            flush=True,
+        )
+        if args.windows:
+            for w in result.windows:
+                print(
+                    f"    [{w.start:7.2f} s - {w.end:7.2f} s]  {w.verdict:<8}  "
+                    f"score {w.score:+.4f}  calibrated {w.calibrated:+.3f}"
+                )
+    if failed:
+        total = len(args.files)
+        print(f"voicescreen: {failed} of {total} files could not be read", file=sys.stderr)
+    return 1 if failed else 0
+
+
+# --- voicescreen import-weights ----------------------------------------------------------------
+
+
+def cmd_import_weights(args: argparse.Namespace) -> int:
+    import torch
+
+    from voicescreen.models.bundle import BundleError, export_bundle
+    from voicescreen.models.registry import get_architecture
+    from voicescreen.models.store import bundle_home
+
+    path = Path(args.checkpoint)
+    if not path.is_file():
+        return _fail(f"{path}: no such checkpoint")
+    data = path.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    try:
+        # weights_only: a checkpoint from elsewhere is never unpickled into arbitrary objects.
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError, ...
+        return _fail(f"{path}: not a loadable PyTorch state dict ({e})")
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"]
+    arch = get_architecture(args.architecture)
+    model = arch.build()
+    try:
+        model.load_state_dict(state, strict=True)
+    except (RuntimeError, TypeError, AttributeError) as e:
+        return _fail(f"{path}: does not fit the {args.architecture} architecture: {e}")
+
+    official = OFFICIAL_WEIGHTS.get(args.architecture, {})
+    is_official = official.get("sha256") == digest
+    provenance = {
+        "source": str(path.name),
+        "source_sha256": digest,
+        "official_weights": is_official,
+    }
+    if args.architecture.startswith("aasist"):
+        provenance["attribution"] = AASIST_ATTRIBUTION
+    metrics = {"published": official["published"]} if is_official else {}
+    out = Path(args.out) if args.out else bundle_home() / f"{args.architecture}-official"
+    name = args.name or out.name.removesuffix(".zip")
+    try:
+        bundle = export_bundle(
+            model,
+            out,
+            architecture=args.architecture,
+            config=arch.default_config,
+            name=name,
+            threshold=0.0,  # the reference decision: bona fide logit > 0
+            provenance=provenance,
+            metrics=metrics,
+        )
+    except BundleError as e:
+        return _fail(str(e))
+    print(
+        f"wrote {out} ({args.architecture}, {bundle.card['parameters']:,} parameters, "
+        f"{'official' if is_official else 'unrecognised'} weights sha256 {digest[:12]}…)"
+    )
+    return 0
+
+
+# --- voicescreen models ------------------------------------------------------------------------
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from voicescreen.models.bundle import BundleError, load_bundle
+    from voicescreen.models.registry import ARCHITECTURES
+    from voicescreen.models.store import bundle_home, installed_bundles
+
+    rows = []
+    for name, path in installed_bundles().items():
+        try:
+            b = load_bundle(path)
+            card = b.card
+            rows.append(
+                {
+                    "name": name,
+                    "path": str(path),
+                    "architecture": b.architecture,
+                    "parameters": card.get("parameters"),
+                    "threshold": b.score.threshold,
+                    "metrics": card.get("metrics", {}),
+                }
+            )
+        except BundleError as e:
+            rows.append({"name": name, "path": str(path), "error": str(e)})
+    if args.json:
+        archs = {a.name: a.description for a in ARCHITECTURES.values()}
+        print(json.dumps({"bundles": rows, "architectures": archs}, indent=2))
+        return 0
+    print(f"Bundles (shipped default, and {bundle_home()}):")
+    if not rows:
+        print("  none")
+    for r in rows:
+        if "error" in r:
+            print(f"  {r['name']:<24} BROKEN: {r['error']}")
+        else:
+            print(
+                f"  {r['name']:<24} {r['architecture']:<14} {r['parameters'] or 0:>10,} params  "
+                f"threshold {r['threshold']:+.3f}  {r['path']}"
+            )
+    print("\nArchitectures:")
+    for a in ARCHITECTURES.values():
+        print(f"  {a.name:<14} {a.description}")
+    return 0
+
+
+# --- entry point -------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    import voicescreen
+
+    p = argparse.ArgumentParser(
+        prog="voicescreen", description="Screen speech for audio deepfakes (bona fide vs spoof)."
+    )
+    p.add_argument("--version", action="version", version=f"voicescreen {voicescreen.__version__}")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("score", help="score audio files (per file, optionally per window)")
+    s.add_argument("files", nargs="+", metavar="FILE", help="wav/flac/ogg, any rate, mono/stereo")
+    s.add_argument("--bundle", help="bundle path or installed name (default: the shipped one)")
+    s.add_argument("--windows", action="store_true", help="print the per-window timeline")
+    s.add_argument("--hop", type=float, default=HOP_SECONDS, help="window hop in seconds")
+    s.add_argument("--json", action="store_true", help="one JSON object per file")
+    s.add_argument("--backend", choices=["onnx", "torch"], default="onnx")
+    s.add_argument("--providers", default="auto", help="ONNX providers: auto or tensorrt,cuda,cpu")
+    s.add_argument("--threads", type=int, default=None, help="intra-op threads")
+    s.set_defaults(func=cmd_score)
+
+    from voicescreen.models.registry import ARCHITECTURES
+
+    torch_archs = [n for n in ARCHITECTURES if n != "lfcc-gmm"]
+    s = sub.add_parser("import-weights", help="turn a reference checkpoint into a bundle")
+    s.add_argument("architecture", choices=torch_archs)
+    s.add_argument("checkpoint", help="the .pth state dict (e.g. the official AASIST.pth)")
+    s.add_argument("--out", help="bundle directory or .zip (default: the user bundle directory)")
+    s.add_argument("--name", help="bundle name (default: the output's name)")
+    s.set_defaults(func=cmd_import_weights)
+
+    s = sub.add_parser("models", help="list installed bundles and known architectures")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_models)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return args.func(args)

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Run the whole test suite on a machine that may have nothing: system packages, the virtual
+# environment (scripts/setup.sh), lint, then pytest. Extra arguments go to pytest.
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$root"
+
+# System packages the tests drive for real (installed only where missing; needs root or sudo).
+need_apt=()
+apt_packages=()  # filled as features need real system programs
+for pkg in "${apt_packages[@]}"; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
+done
+if ((${#need_apt[@]})); then
+    sudo=""; [[ $(id -u) == 0 ]] || sudo=sudo
+    echo "test: installing ${need_apt[*]}" >&2
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+venv=$(scripts/setup.sh)
+export PATH="$venv/bin:$PATH"
+
+ruff check .
+ruff format --check .
+
+set +e
+python -m pytest "$@"
+rc=$?
+set -e
+if [[ $rc == 5 ]]; then
+    echo "test: pytest collected no tests; that is a failure" >&2
+    exit 1
+fi
+exit $rc
