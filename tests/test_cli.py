@@ -1,0 +1,103 @@
+"""The command line, end to end: import official weights, score real clips, list bundles."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from voicescreen.audio import SAMPLE_RATE, load_audio, sliding_windows
+from voicescreen.models.registry import get_architecture
+
+
+def run(*args, home, check=True):
+    env = {**os.environ, "VOICESCREEN_HOME": str(home)}
+    p = subprocess.run(
+        [sys.executable, "-m", "voicescreen", *args], capture_output=True, text=True, env=env
+    )
+    if check and p.returncode != 0:
+        raise AssertionError(f"exit {p.returncode}: {p.stderr}")
+    return p
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory, reference_dir):
+    home = tmp_path_factory.mktemp("home")
+    p = run("import-weights", "aasist-l", str(reference_dir / "aasist" / "AASIST-L.pth"), home=home)
+    assert "official weights" in p.stdout
+    return home
+
+
+@pytest.fixture(scope="module")
+def model(reference_dir):
+    m = get_architecture("aasist-l").build()
+    path = reference_dir / "aasist" / "AASIST-L.pth"
+    m.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    return m
+
+
+def test_import_weights_writes_an_attributed_bundle(home):
+    card = json.loads((home / "bundles" / "aasist-l-official" / "card.json").read_text())
+    assert card["provenance"]["official_weights"] is True
+    assert "NAVER" in card["provenance"]["attribution"]
+    assert card["metrics"]["published"]["eer_percent"] == 0.99
+
+
+def test_score_windows_match_the_model(home, model, data_dir, tmp_path):
+    clip = data_dir / "flac" / "VS_D_00601.flac"
+    x = load_audio(clip)
+    # a long, stereo, 44.1 kHz version of the same speech, to exercise windows and conversion
+    long = np.tile(x, 3)
+    sf.write(tmp_path / "long.wav", np.stack([long, long], 1), SAMPLE_RATE, subtype="FLOAT")
+    p = run("score", str(clip), str(tmp_path / "long.wav"), "--bundle", "aasist-l-official",
+            "--windows", "--hop", "1.5", "--json", home=home)  # fmt: skip
+    short, longer = (json.loads(line) for line in p.stdout.splitlines())
+    wins = list(sliding_windows(np.tile(x, 3), 64600, int(1.5 * SAMPLE_RATE)))
+    assert len(longer["windows"]) == len(wins) > 3
+    with torch.inference_mode():
+        want = model(torch.from_numpy(np.stack([w.samples for w in wins])))[:, 1].numpy()
+    got = np.array([w["score"] for w in longer["windows"]])
+    np.testing.assert_allclose(got, want, atol=1e-4)
+    assert longer["score"] == pytest.approx(float(want.mean()), abs=1e-4)
+    assert [w["start"] for w in longer["windows"]] == [w.start / SAMPLE_RATE for w in wins]
+    assert len(short["windows"]) == len(list(sliding_windows(x, 64600, int(1.5 * SAMPLE_RATE))))
+    assert short["verdict"] == ("bonafide" if short["calibrated"] >= 0 else "spoof")
+
+
+def test_unreadable_files_are_reported_and_the_rest_scored(home, data_dir, tmp_path):
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"not audio at all")
+    good = data_dir / "flac" / "VS_D_00601.flac"
+    p = run("score", str(bad), str(good), "--bundle", "aasist-l-official", home=home, check=False)
+    assert p.returncode == 1
+    assert "bad.wav: error: " in p.stderr and "cannot read audio" in p.stderr
+    assert str(good) in p.stdout and "1 of 2 files could not be read" in p.stderr
+
+
+def test_missing_bundle_is_a_clear_error(home, data_dir):
+    p = run("score", str(data_dir / "flac" / "VS_D_00601.flac"), "--bundle", "nope",
+            home=home, check=False)  # fmt: skip
+    assert p.returncode == 2 and "no bundle 'nope'" in p.stderr
+
+
+def test_import_rejects_weights_of_another_architecture(home, reference_dir, tmp_path):
+    p = run("import-weights", "aasist", str(reference_dir / "aasist" / "AASIST-L.pth"),
+            "--out", str(tmp_path / "x"), home=home, check=False)  # fmt: skip
+    assert p.returncode == 2 and "does not fit the aasist architecture" in p.stderr
+    assert not (tmp_path / "x").exists()
+
+
+def test_models_lists_installed_bundles(home):
+    listing = json.loads(run("models", "--json", home=home).stdout)
+    names = {b["name"]: b for b in listing["bundles"]}
+    assert names["aasist-l-official"]["architecture"] == "aasist-l"
+    assert "lcnn" in listing["architectures"]
+    broken = home / "bundles" / "broken"
+    broken.mkdir()
+    (broken / "card.json").write_text("{}")
+    listing = json.loads(run("models", "--json", home=home).stdout)
+    assert "error" in {b["name"]: b for b in listing["bundles"]}["broken"]
