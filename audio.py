@@ -52,16 +52,14 @@ def to_mono(x: np.ndarray) -> np.ndarray:
 
 
 def resample(x: np.ndarray, orig_rate: int, new_rate: int = SAMPLE_RATE) -> np.ndarray:
-    """Resample a whole 1-D float32 signal (offline; streams use the stateful resampler)."""
+    """Resample a whole 1-D float32 signal with the streams' resampler, so both agree exactly."""
     if orig_rate <= 0 or new_rate <= 0:
         raise AudioError(f"impossible sample rate {orig_rate} -> {new_rate}")
     if orig_rate == new_rate:
         return np.asarray(x, dtype=np.float32)
-    import torch
-    import torchaudio.functional as F
+    from voicescreen.stream.resample import resample as _resample
 
-    y = F.resample(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), orig_rate, new_rate)
-    return y.numpy()
+    return _resample(x, orig_rate, new_rate)
 
 
 def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:

@@ -1,1 +1,58 @@
-"""voicescreen.stream"""
+"""voicescreen.stream: live audio in, per-window scores and verdicts out.
+
+One module per step, data flowing one way::
+
+    codecs (decode) -> resample -> vad -> windows -> worker (batch, score) -> smoothing -> events
+
+``session.Session`` strings the steps together for one stream, transport-free: bytes or arrays in,
+events out. ``worker.InferenceWorker`` is shared by all streams of one model.
+"""
+
+from voicescreen.stream.codecs import AudioFormat, DecodeError, decode
+from voicescreen.stream.events import (
+    ErrorEvent,
+    Event,
+    ModelSummary,
+    NoSpeechEvent,
+    OverloadedEvent,
+    ScoreEvent,
+    SummaryEvent,
+    VerdictEvent,
+    event_from_dict,
+)
+from voicescreen.stream.resample import Resampler, resample
+from voicescreen.stream.session import Session
+from voicescreen.stream.smoothing import Smoother, SmoothingOptions
+from voicescreen.stream.vad import VadOptions, VoiceGate
+from voicescreen.stream.windows import StreamWindow, Windower, WindowOptions
+from voicescreen.stream.worker import BatchOptions, Cascade, InferenceWorker, Result, load_workers
+
+__all__ = [
+    "AudioFormat",
+    "BatchOptions",
+    "Cascade",
+    "DecodeError",
+    "ErrorEvent",
+    "Event",
+    "InferenceWorker",
+    "ModelSummary",
+    "NoSpeechEvent",
+    "OverloadedEvent",
+    "Resampler",
+    "Result",
+    "ScoreEvent",
+    "Session",
+    "Smoother",
+    "SmoothingOptions",
+    "StreamWindow",
+    "SummaryEvent",
+    "VadOptions",
+    "VerdictEvent",
+    "VoiceGate",
+    "WindowOptions",
+    "Windower",
+    "decode",
+    "event_from_dict",
+    "load_workers",
+    "resample",
+]

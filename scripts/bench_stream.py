@@ -1,0 +1,294 @@
+#!/usr/bin/env python
+"""Benchmark live streaming: how many real-time streams one machine screens.
+
+N simulated streams are fed at real-time pace (PCM16 packets every ``--chunk-ms``) from real speech
+of the corpus' dev split, with silence between clips to reach ``--speech`` (about half speech, like
+a conversation), through the whole streaming path: decode, resample, VAD, windows, worker, events.
+For each bundle and backend it finds the largest N that stays real time (every window scored
+within one hop of being complete, none shed, the feeders on schedule) with one shared batched
+worker, and the same for unbatched per-stream scoring (each stream calls the model itself, as a
+server with one model call per connection would), in the same run; and reports p50/p95/p99 latency
+and CPU use at that N.
+
+    python scripts/bench_stream.py --bundle PATH [--bundle PATH2] [--backend onnx torch]
+        [--seconds 20] [--max-streams 256] [--budget 900] [--no-write]
+
+Bounded in time: each trial lasts ``--seconds`` of stream time (and stops as soon as it fails), and
+the whole run stops searching when ``--budget`` seconds are spent. Writes the table into
+docs/benchmarks.md (section "stream") and prints it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import resource
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from benchlib import machine, versions, write_section
+
+from voicescreen.audio import SAMPLE_RATE, load_audio
+from voicescreen.models.bundle import load_bundle
+from voicescreen.models.store import resolve_bundle
+from voicescreen.stream import (
+    AudioFormat,
+    BatchOptions,
+    InferenceWorker,
+    Session,
+    VadOptions,
+    WindowOptions,
+)
+from voicescreen.stream.worker import percentile
+
+log = logging.getLogger("bench_stream")
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+
+def conversation(seconds: float, speech: float, seed: int) -> np.ndarray:
+    """``seconds`` of dev-split speech clips separated by silences, ``speech`` of it speech."""
+    proto = SHARED / "data" / "protocols" / "VS.cm.dev.trl.txt"
+    names = [r.split()[1] for r in proto.read_text().splitlines() if r.strip()]
+    rng = np.random.default_rng(seed)
+    parts, total = [], 0
+    while total < seconds * SAMPLE_RATE:
+        clip = load_audio(SHARED / "data" / "flac" / f"{names[rng.integers(len(names))]}.flac")
+        gap = int(clip.size * (1 - speech) / speech) if speech < 1 else 0
+        parts += [clip, np.zeros(gap, np.float32)]
+        total += clip.size + gap
+    return np.concatenate(parts)[: int(seconds * SAMPLE_RATE)]
+
+
+@dataclass
+class Trial:
+    mode: str
+    streams: int
+    windows: int = 0
+    scored: int = 0
+    no_speech: int = 0
+    shed: int = 0
+    failed: int = 0
+    latencies: list[float] = field(default_factory=list)  # ms
+    max_lag: float = 0.0  # s a feeder fell behind its schedule
+    cpu: float = 0.0  # cores busy on average
+    wall: float = 0.0
+    aborted: str = ""
+
+    def ok(self, hop_ms: float) -> bool:
+        late = max(self.latencies, default=0.0) > hop_ms
+        return not (
+            self.aborted or self.shed or self.failed or late or self.max_lag * 1000 > hop_ms
+        )
+
+    def pct(self, p: float) -> float | None:
+        return percentile(self.latencies, p)
+
+
+async def run_trial(
+    mode: str,
+    n: int,
+    make_worker,
+    audio: list[bytes],
+    args: argparse.Namespace,
+) -> Trial:
+    trial = Trial(mode, n)
+    hop_ms = 1000 * args.hop
+    chunk = int(SAMPLE_RATE * args.chunk_ms / 1000) * 2  # bytes of PCM16
+    shared = make_worker() if mode == "batched" else None
+    workers = [shared] * n if shared else [make_worker() for _ in range(n)]
+    sessions = [
+        Session(
+            w,
+            fmt=AudioFormat("pcm16", SAMPLE_RATE),
+            window=WindowOptions(hop_seconds=args.hop),
+            vad=VadOptions(min_voiced=args.min_voiced),
+            stream_id=f"s{k}",
+        )
+        for k, w in enumerate(workers)
+    ]
+    stop = asyncio.Event()
+
+    def fail(why: str) -> None:
+        if not trial.aborted:
+            trial.aborted = why
+            stop.set()
+
+    async def consume(session: Session) -> None:
+        async for e in session.events():
+            if e.type == "score":
+                trial.latencies.append(e.latency_ms)
+                if e.latency_ms > hop_ms:
+                    fail(f"latency {e.latency_ms:.0f} ms")
+            elif e.type == "overloaded":
+                fail("shed")
+            elif e.type == "summary":
+                s = next(iter(e.models.values()))
+                trial.windows += s.windows
+                trial.scored += s.scored
+                trial.no_speech += s.no_speech
+                trial.shed += s.shed
+                trial.failed += s.failed
+
+    async def feed(k: int, session: Session, data: bytes, start: float) -> None:
+        loop = asyncio.get_running_loop()
+        offset = args.hop * k / n  # stagger the streams across a hop
+        for i, pos in enumerate(range(0, len(data), chunk)):
+            due = start + offset + i * args.chunk_ms / 1000
+            delay = due - loop.time()
+            if delay > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), delay)
+            if stop.is_set():
+                session.cancel()
+                return
+            trial.max_lag = max(trial.max_lag, -delay)
+            if -delay > args.hop:
+                fail(f"feeder {-delay:.1f} s behind")
+            session.push(data[pos : pos + chunk])
+        session.end()
+
+    loop = asyncio.get_running_loop()
+    r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+    start = loop.time() + 0.05
+    consumers = [asyncio.create_task(consume(s)) for s in sessions]
+    await asyncio.gather(
+        *(feed(k, s, audio[k % len(audio)], start) for k, s in enumerate(sessions))
+    )
+    await asyncio.gather(*consumers)
+    r1, trial.wall = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter() - t0
+    trial.cpu = (r1.ru_utime - r0.ru_utime + r1.ru_stime - r0.ru_stime) / trial.wall
+    for w in {id(w): w for w in workers}.values():
+        await w.close()
+    return trial
+
+
+def largest_realtime(mode: str, make_worker, audio, args, deadline: float) -> tuple[Trial, list]:
+    """Double N until a trial fails (or time runs out), then bisect; the best passing trial."""
+    tried: list[Trial] = []
+    best: Trial | None = None
+    lo, hi, n = 0, None, 1
+    while time.monotonic() + args.seconds * 1.5 < deadline:
+        trial = asyncio.run(run_trial(mode, n, make_worker, audio, args))
+        tried.append(trial)
+        ok = trial.ok(1000 * args.hop)
+        log.info(
+            "  %s N=%d: %s (scored %d, shed %d, p99 %s ms, cpu %.2f cores%s)",
+            mode,
+            n,
+            "real time" if ok else "FAILS",
+            trial.scored,
+            trial.shed,
+            _ms(trial.pct(0.99)),
+            trial.cpu,
+            f", {trial.aborted}" if trial.aborted else "",
+        )
+        if ok:
+            lo, best = n, trial
+        else:
+            hi = n
+        if hi is None:
+            if n >= args.max_streams:
+                break
+            n = min(2 * n, args.max_streams)
+        elif hi - lo <= max(1, lo // 8):  # within 12 %: good enough
+            break
+        else:
+            n = (lo + hi) // 2
+    return best or Trial(mode, 0, aborted="no N ran in real time"), tried
+
+
+def _ms(v: float | None) -> str:
+    return "-" if v is None else f"{v:.0f}"
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--bundle", action="append", required=True, help="bundle path (repeatable)")
+    p.add_argument("--backend", nargs="+", default=["onnx", "torch"], choices=["onnx", "torch"])
+    p.add_argument("--providers", default=None, help="ONNX Runtime providers, e.g. cuda,cpu")
+    p.add_argument(
+        "--modes", nargs="+", default=["batched", "unbatched"], choices=["batched", "unbatched"]
+    )
+    p.add_argument("--seconds", type=float, default=20.0, help="stream seconds per trial")
+    p.add_argument("--speech", type=float, default=0.5, help="fraction of speech in the audio")
+    p.add_argument("--hop", type=float, default=1.0, help="window hop, seconds")
+    p.add_argument("--chunk-ms", type=float, default=20.0, help="packet size, ms")
+    p.add_argument("--min-voiced", type=float, default=0.3)
+    p.add_argument("--max-batch", type=int, default=16)
+    p.add_argument("--max-wait-ms", type=float, default=20.0)
+    p.add_argument("--max-queue", type=int, default=256)
+    p.add_argument("--max-streams", type=int, default=256)
+    p.add_argument("--budget", type=float, default=900.0, help="seconds for the whole run")
+    p.add_argument("--no-write", action="store_true", help="print only")
+    args = p.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    logging.getLogger("voicescreen").setLevel(logging.WARNING)
+
+    audio_f = [conversation(args.seconds + 5, args.speech, seed) for seed in range(8)]
+    audio = [
+        np.round(np.clip(a, -1, 32767 / 32768) * 32768).astype("<i2").tobytes() for a in audio_f
+    ]
+    configs = [
+        (b, backend, mode) for b in args.bundle for backend in args.backend for mode in args.modes
+    ]
+    t_start = time.monotonic()
+    rows = []
+    for i, (path, backend, mode) in enumerate(configs):
+        bundle = load_bundle(resolve_bundle(path))
+        options = {"providers": args.providers} if backend == "onnx" and args.providers else {}
+        runtime = bundle.runtime(backend, **options)
+        runtime(np.zeros((1, bundle.input_samples), np.float32))  # warm up
+        batch = BatchOptions(args.max_batch, args.max_wait_ms, args.max_queue)
+        if mode == "unbatched":
+            batch = BatchOptions(1, 0.0, args.max_queue)
+
+        def make_worker(runtime=runtime, bundle=bundle, batch=batch):
+            return InferenceWorker(
+                runtime,
+                name=bundle.name,
+                input_samples=bundle.input_samples,
+                score=bundle.score,
+                options=batch,
+            )
+
+        share = (args.budget - (time.monotonic() - t_start)) / (len(configs) - i)
+        log.info("%s / %s / %s (%.0f s of budget)", bundle.name, backend, mode, share)
+        best, tried = largest_realtime(mode, make_worker, audio, args, time.monotonic() + share)
+        rows.append((bundle.name, backend, " ".join(runtime.providers), mode, best, tried))
+
+    lines = [
+        f"Streams fed at real-time pace ({args.chunk_ms:g} ms PCM16 packets) from dev-split "
+        f"speech, {args.speech:.0%} speech; window hop {args.hop:g} s; VAD min_voiced "
+        f"{args.min_voiced}; batched: max_batch {args.max_batch}, max_wait {args.max_wait_ms:g} "
+        f"ms; {args.seconds:g} s per trial. Real time = every window scored within one hop of "
+        f"being complete, none shed. Latency: window complete -> score.",
+        "",
+        f"Machine: {machine()}; {versions()}.",
+        "",
+        "| model | backend | runs on | scoring | real-time streams | windows scored/s "
+        "| p50 ms | p95 ms | p99 ms | CPU cores | trials (N: ok?) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, backend, providers, mode, best, tried in rows:
+        trials = ", ".join(f"{t.streams}:{'y' if t.ok(1000 * args.hop) else 'n'}" for t in tried)
+        rate = best.scored / best.wall if best.wall else 0
+        lines.append(
+            f"| {name} | {backend} | {providers} | {mode} | {best.streams} | {rate:.1f} | "
+            f"{_ms(best.pct(0.5))} | {_ms(best.pct(0.95))} | {_ms(best.pct(0.99))} | "
+            f"{best.cpu:.2f} | {trials} |"
+        )
+    body = "\n".join(lines)
+    command = "python scripts/bench_stream.py " + " ".join(sys.argv[1:])
+    if not args.no_write:
+        write_section("stream", f"`{command}`\n\n{body}")
+    print(body)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

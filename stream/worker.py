@@ -1,0 +1,390 @@
+"""The batched inference worker: one per loaded model, shared by every stream.
+
+Streams ``submit`` windows and await the returned futures. The worker's batching task, on the
+event loop, collects queued windows from all streams into one batch, up to ``max_batch`` windows
+or until the oldest has waited ``max_wait_ms``, whichever comes first, and runs the model in a
+thread of its own (ONNX Runtime and PyTorch release the GIL), so the event loop keeps serving
+streams meanwhile. Results come back in submission order. The queue is bounded: a window submitted
+to a full queue is shed at once (``submit`` returns None) and the stream reports it as overloaded.
+
+A ``Cascade`` has the same interface: a cheap model scores every window and an expensive one
+re-scores only the windows whose cheap calibrated score lies within ``band`` of the threshold.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import Counter, deque
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+from voicescreen.models.bundle import ScoreSpec
+
+if TYPE_CHECKING:
+    from voicescreen.models.bundle import Bundle
+
+log = logging.getLogger(__name__)
+
+Runtime = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]  # (B, samples) -> logits, score
+LATENCY_SAMPLES = 10_000  # recent latencies kept for percentiles
+
+
+@dataclass(frozen=True)
+class BatchOptions:
+    """``max_batch`` windows per model call; ``max_wait_ms`` the longest the oldest queued window
+    waits for company; ``max_queue`` windows waiting (not yet in a batch) before new ones are
+    shed."""
+
+    max_batch: int = 16
+    max_wait_ms: float = 20.0
+    max_queue: int = 256
+
+    def __post_init__(self) -> None:
+        if self.max_batch < 1 or self.max_queue < 1 or self.max_wait_ms < 0:
+            raise ValueError(f"impossible batch options {self}")
+
+
+@dataclass(frozen=True)
+class Result:
+    """The score of one window."""
+
+    model: str  # the scorer the window was submitted to (a worker or a cascade)
+    scored_by: str  # the model that produced this score
+    raw: float
+    calibrated: float  # > 0 is bona fide
+    batch: int  # windows in the model call
+    screen: float | None = None  # cascade: the cheap model's calibrated score
+
+
+class Scorer(Protocol):
+    """What a session submits windows to: an ``InferenceWorker`` or a ``Cascade``."""
+
+    name: str
+    input_samples: int
+
+    def submit(self, samples: np.ndarray) -> asyncio.Future[Result] | None: ...
+
+
+@dataclass
+class WorkerMetrics:
+    """Counters for /metrics. Every submitted window ends as scored, shed, failed or cancelled."""
+
+    submitted: int = 0
+    scored: int = 0
+    shed: int = 0
+    failed: int = 0
+    cancelled: int = 0
+    batches: int = 0
+    busy_s: float = 0.0  # seconds spent in model calls
+    batch_sizes: Counter[int] = field(default_factory=Counter)
+    latencies: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_SAMPLES))
+
+    def snapshot(self) -> dict[str, Any]:
+        def pct(p: float) -> float | None:
+            q = percentile(self.latencies, p)
+            return None if q is None else 1000 * q
+
+        return {
+            "submitted": self.submitted,
+            "scored": self.scored,
+            "shed": self.shed,
+            "failed": self.failed,
+            "cancelled": self.cancelled,
+            "batches": self.batches,
+            "busy_s": self.busy_s,
+            "mean_batch": self.scored / self.batches if self.batches else None,
+            "batch_sizes": dict(sorted(self.batch_sizes.items())),
+            "latency_ms": {"p50": pct(0.5), "p95": pct(0.95), "p99": pct(0.99)},
+        }
+
+
+@dataclass
+class _Item:
+    samples: np.ndarray
+    future: asyncio.Future[Result]
+    submitted: float  # loop time
+
+
+class InferenceWorker:
+    """Batches windows from all streams into calls of one runtime, off the event loop."""
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        *,
+        name: str,
+        input_samples: int,
+        score: ScoreSpec,
+        options: BatchOptions | None = None,
+    ) -> None:
+        self.runtime = runtime
+        self.name = name
+        self.input_samples = input_samples
+        self.score_spec = score
+        self.options = options or BatchOptions()
+        self.metrics = WorkerMetrics()
+        self._queue: deque[_Item] = deque()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task | None = None
+        self._wake: asyncio.Future | None = None  # set when the queue reaches _want windows
+        self._want = 1
+        self._executor: ThreadPoolExecutor | None = None
+        self._closed = False
+
+    @classmethod
+    def from_bundle(
+        cls,
+        bundle: Bundle,
+        backend: str = "onnx",
+        options: BatchOptions | None = None,
+        name: str | None = None,
+        **runtime_options: Any,
+    ) -> InferenceWorker:
+        return cls(
+            bundle.runtime(backend, **runtime_options),
+            name=name or bundle.name,
+            input_samples=bundle.input_samples,
+            score=bundle.score,
+            options=options,
+        )
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    def submit(self, samples: np.ndarray) -> asyncio.Future[Result] | None:
+        """Queue one (input_samples,) window; None when the queue is full and it was shed.
+
+        Call from the event loop's thread. Cancel the future to withdraw a window not yet run.
+        """
+        if self._closed:
+            raise RuntimeError(f"worker {self.name} is closed")
+        if samples.shape != (self.input_samples,):
+            raise ValueError(
+                f"{self.name} scores ({self.input_samples},) windows, got {samples.shape}"
+            )
+        self._ensure_started()
+        self.metrics.submitted += 1
+        if len(self._queue) >= self.options.max_queue:
+            self.metrics.shed += 1
+            return None
+        future = self._loop.create_future()
+        self._queue.append(_Item(samples, future, self._loop.time()))
+        if self._wake is not None and not self._wake.done() and len(self._queue) >= self._want:
+            self._wake.set_result(None)
+        return future
+
+    async def score(self, samples: np.ndarray) -> Result:
+        """Score one window, waiting for it; raises ``Overloaded`` when it was shed."""
+        future = self.submit(samples)
+        if future is None:
+            raise Overloaded(self.name)
+        return await future
+
+    def _ensure_started(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._task is not None and self._loop is loop and not self._task.done():
+            return
+        if self._loop is not None and self._loop is not loop and not self._loop.is_closed():
+            raise RuntimeError(f"worker {self.name} already runs on another event loop")
+        if self._loop is not loop:
+            self._queue.clear()  # futures of a closed loop can never be awaited
+        self._loop = loop
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"voicescreen-{self.name}")
+        self._task = loop.create_task(self._run(), name=f"voicescreen worker {self.name}")
+
+    async def _wait_for(self, count: int, deadline: float | None) -> None:
+        """Until the queue holds ``count`` windows (or the loop time reaches ``deadline``)."""
+        if len(self._queue) >= count or (deadline is not None and deadline <= self._loop.time()):
+            return
+        self._want = count
+        self._wake = self._loop.create_future()
+        try:
+            if deadline is None:
+                await self._wake
+            else:
+                async with asyncio.timeout_at(deadline):
+                    await self._wake
+        except TimeoutError:
+            pass
+        finally:
+            self._wake = None
+
+    def _next_batch(self) -> list[_Item]:
+        batch: list[_Item] = []
+        while self._queue and len(batch) < self.options.max_batch:
+            item = self._queue.popleft()
+            if item.future.cancelled():
+                self.metrics.cancelled += 1
+            else:
+                batch.append(item)
+        return batch
+
+    async def _run(self) -> None:
+        loop = self._loop
+        max_wait = self.options.max_wait_ms / 1000
+        while True:
+            await self._wait_for(1, None)
+            await self._wait_for(self.options.max_batch, self._queue[0].submitted + max_wait)
+            batch = self._next_batch()
+            if not batch:
+                continue
+            x = np.stack([item.samples for item in batch])
+            t0 = loop.time()
+            try:
+                _, raw = await loop.run_in_executor(self._executor, self.runtime, x)
+                raw = np.asarray(raw, dtype=np.float64).reshape(len(batch))
+            except asyncio.CancelledError:
+                for item in batch:
+                    item.future.cancel()
+                raise
+            except Exception as e:
+                log.exception("%s: model call failed on a batch of %d", self.name, len(batch))
+                self.metrics.failed += len(batch)
+                for item in batch:
+                    if not item.future.done():
+                        item.future.set_exception(ModelError(f"{self.name}: {e}"))
+                continue
+            now = loop.time()
+            self.metrics.batches += 1
+            self.metrics.batch_sizes[len(batch)] += 1
+            self.metrics.busy_s += now - t0
+            calibrated = self.score_spec.calibrate(raw)
+            for item, r, c in zip(batch, raw, calibrated, strict=True):
+                if item.future.done():  # cancelled while it ran
+                    self.metrics.cancelled += 1
+                    continue
+                self.metrics.scored += 1
+                self.metrics.latencies.append(now - item.submitted)
+                item.future.set_result(Result(self.name, self.name, float(r), float(c), len(batch)))
+
+    async def close(self) -> None:
+        """Stop batching; windows still queued are cancelled."""
+        self._closed = True
+        while self._queue:
+            item = self._queue.popleft()
+            if item.future.cancel():
+                self.metrics.cancelled += 1
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, RuntimeError):
+                await self._task
+        if self._executor is not None:
+            self._executor.shutdown(wait=False)
+
+    async def __aenter__(self) -> InferenceWorker:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+def load_workers(
+    bundles: Iterable[Bundle | str | Path],
+    backend: str = "onnx",
+    options: BatchOptions | None = None,
+    **runtime_options: Any,
+) -> dict[str, InferenceWorker]:
+    """One worker per bundle (loaded from a path where a path is given), by bundle name: the
+    mapping a server shares among its sessions to serve several models at once."""
+    from voicescreen.models.bundle import Bundle, load_bundle
+
+    workers: dict[str, InferenceWorker] = {}
+    for b in bundles:
+        bundle = b if isinstance(b, Bundle) else load_bundle(b)
+        if bundle.name in workers:
+            raise ValueError(f"two bundles are named {bundle.name!r}; names must be unique")
+        workers[bundle.name] = InferenceWorker.from_bundle(
+            bundle, backend, options, **runtime_options
+        )
+    return workers
+
+
+class Overloaded(RuntimeError):
+    """A window was shed because the worker's queue was full."""
+
+
+class ModelError(RuntimeError):
+    """The model call of a batch failed."""
+
+
+@dataclass
+class CascadeMetrics:
+    submitted: int = 0
+    escalated: int = 0  # windows sent on to the expensive model
+    escalations_shed: int = 0  # escalations the expensive model's queue refused (cheap score kept)
+
+
+class Cascade:
+    """A cheap model scores every window; the expensive one only those the cheap one finds close:
+    ``|cheap calibrated score| <= band``. Its result is the expensive model's when it ran."""
+
+    def __init__(
+        self, screen: InferenceWorker, expert: InferenceWorker, band: float, name: str | None = None
+    ) -> None:
+        if screen.input_samples != expert.input_samples:
+            raise ValueError(
+                f"cascade models take different windows ({screen.name}: {screen.input_samples}, "
+                f"{expert.name}: {expert.input_samples} samples)"
+            )
+        if band < 0:
+            raise ValueError(f"cascade band must be >= 0, got {band}")
+        self.screen, self.expert, self.band = screen, expert, float(band)
+        self.name = name or f"{screen.name}>{expert.name}"
+        self.input_samples = screen.input_samples
+        self.metrics = CascadeMetrics()
+
+    def submit(self, samples: np.ndarray) -> asyncio.Future[Result] | None:
+        first = self.screen.submit(samples)
+        if first is None:
+            return None
+        self.metrics.submitted += 1
+        out: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+
+        def relay(r: Result, final: asyncio.Future[Result]) -> None:
+            if final.cancelled():
+                out.cancel()
+            elif final.exception() is not None:
+                out.set_exception(final.exception())
+            else:
+                e = final.result()
+                out.set_result(replace(e, model=self.name, screen=r.calibrated))
+
+        def screened(f: asyncio.Future[Result]) -> None:
+            if out.done():
+                return
+            if f.cancelled():
+                out.cancel()
+                return
+            if f.exception() is not None:
+                out.set_exception(f.exception())
+                return
+            r = f.result()
+            if abs(r.calibrated) > self.band:
+                out.set_result(replace(r, model=self.name, screen=r.calibrated))
+                return
+            second = self.expert.submit(samples)
+            if second is None:
+                self.metrics.escalations_shed += 1
+                out.set_result(replace(r, model=self.name, screen=r.calibrated))
+                return
+            self.metrics.escalated += 1
+            second.add_done_callback(lambda g: None if out.done() else relay(r, g))
+            out.add_done_callback(lambda o: second.cancel() if o.cancelled() else None)
+
+        first.add_done_callback(screened)
+        out.add_done_callback(lambda o: first.cancel() if o.cancelled() else None)
+        return out
+
+
+def percentile(values: list[float] | deque[float], p: float) -> float | None:
+    """The ``p`` quantile (0..1) of ``values``, linearly interpolated; None when empty."""
+    return float(np.quantile(np.asarray(values, dtype=np.float64), p)) if len(values) else None
