@@ -232,6 +232,14 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("models", help="list installed bundles and known architectures")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_models)
+
+    from voicescreen.monitor import add_parsers as add_monitor_parsers
+    from voicescreen.train.commands import add_parsers as add_train_parsers
+    from voicescreen.web.commands import add_parsers as add_web_parsers
+
+    add_web_parsers(sub)
+    add_monitor_parsers(sub)
+    add_train_parsers(sub)
     return p
 
 

@@ -150,7 +150,7 @@ class Session:
             else:
                 x = decode(data, self.format)
         except AudioError as e:
-            self._fail("bad_input", str(e))
+            self.fail("bad_input", str(e))
             return
         self._ingest(self._resampler.process(x))
 
@@ -178,7 +178,10 @@ class Session:
                     slot.future.cancel()
         self._drain_all()
 
-    def _fail(self, code: str, message: str) -> None:
+    def fail(self, code: str, message: str) -> None:
+        """End the stream on an error the transport found (oversize frame, idle, bad message):
+        an ``error`` event now; windows already submitted still report, then the summary
+        (reason ``error``)."""
         log.info("stream %s: %s", self.stream_id, message)
         self._input_open = False
         self._reason = "error"

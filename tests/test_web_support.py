@@ -1,0 +1,88 @@
+"""Shared by the server tests (``tests/test_web_*.py``): a real bundle, real clips, a real server.
+
+The bundle is AASIST-L with the official weights, exported once per pytest run (the export is the
+slow part) into the run's base temp dir, where every test module finds it. Each module starts its
+own uvicorn server on a free loopback port with the config it needs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from pathlib import Path
+
+import pytest
+import soundfile as sf
+
+from voicescreen.models.bundle import Bundle, export_bundle, load_bundle
+from voicescreen.web.config import ServerConfig
+from voicescreen.web.server import BackgroundServer
+
+GUARD = 180  # seconds: far beyond what any stream here takes on 2 busy cores
+PROMETHEUS_LINE = re.compile(
+    r'^[a-zA-Z_:][a-zA-Z0-9_:]*(\{([a-zA-Z_][a-zA-Z0-9_]*="([^"\\]|\\.)*",?)*\})? '
+    r"(NaN|[+-]Inf|-?[0-9.e+-]+)$"
+)
+
+
+def run(coro):
+    return asyncio.run(asyncio.wait_for(coro, GUARD))
+
+
+def web_bundle(tmp_path_factory: pytest.TempPathFactory, reference_dir: Path) -> Bundle:
+    """AASIST-L (official weights), threshold 0.5 and scale 1.5 so calibration is exercised."""
+    out = tmp_path_factory.getbasetemp() / "web-bundle" / "aasist-l"
+    if (out / "card.json").exists():
+        return load_bundle(out)
+    import torch
+
+    from voicescreen.models.registry import get_architecture
+
+    arch = get_architecture("aasist-l")
+    model = arch.build()
+    weights = torch.load(
+        reference_dir / "aasist" / "AASIST-L.pth", map_location="cpu", weights_only=True
+    )
+    model.load_state_dict(weights, strict=True)
+    return export_bundle(
+        model,
+        out,
+        architecture="aasist-l",
+        config=arch.default_config,
+        name="aasist-l",
+        threshold=0.5,
+        scale=1.5,
+    )
+
+
+def dev_clip(data_dir: Path, label: str, low: float, high: float, index: int = 0) -> Path:
+    """The ``index``-th dev clip of ``label`` lasting ``low``-``high`` seconds."""
+    rows = [
+        r.split()
+        for r in (data_dir / "protocols" / "VS.cm.dev.trl.txt").read_text().splitlines()
+        if r.strip()
+    ]
+    found = [
+        p
+        for r in rows
+        if r[4] == label
+        and low <= sf.info(str(p := data_dir / "flac" / f"{r[1]}.flac")).duration <= high
+    ]
+    assert len(found) > index, f"need {index + 1} dev {label} clips of {low}-{high} s"
+    return found[index]
+
+
+def start_server(config: ServerConfig) -> BackgroundServer:
+    return BackgroundServer(config).start()
+
+
+def parse_metrics(text: str) -> dict[str, float]:
+    """Prometheus text -> {'name{labels}': value}; asserts every sample line is well formed."""
+    out = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        assert PROMETHEUS_LINE.match(line), f"not Prometheus text: {line!r}"
+        key, value = line.rsplit(" ", 1)
+        out[key] = float(value)
+    return out

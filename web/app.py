@@ -1,0 +1,292 @@
+"""The server: ``create_app(config)`` builds a FastAPI app from one ``ServerConfig``, no globals.
+
+    GET  /               the demo page (web/static)
+    GET  /healthz        liveness and the models served
+    GET  /metrics        Prometheus text
+    GET  /v1/models      the models, for clients and the page
+    POST /v1/score       an audio file -> per-file and per-window scores (= `voicescreen score`)
+    WS   /v1/stream      call-tap: JSON start, binary audio, JSON events
+    WS   /v1/twilio      Twilio Media Streams
+    POST /v1/rtc/offer   WebRTC signalling; events on a data channel
+
+``docs/server.md`` describes each, with the limits and error codes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
+from fastapi.staticfiles import StaticFiles
+
+import voicescreen
+from voicescreen.audio import HOP_SECONDS, SAMPLE_RATE, AudioError, load_audio
+from voicescreen.web.auth import origin_ok, presented_token, token_ok
+from voicescreen.web.config import ServerConfig
+from voicescreen.web.metrics import render
+from voicescreen.web.rtc import RtcError
+from voicescreen.web.state import AppState
+from voicescreen.web.streams import TRANSPORTS
+from voicescreen.web.twilio import twilio_endpoint
+from voicescreen.web.ws import stream_endpoint
+
+log = logging.getLogger(__name__)
+
+STATIC = Path(__file__).resolve().parent / "static"
+MIN_HOP = 0.25  # seconds: /v1/score refuses denser windows (each costs a model call)
+
+
+class HttpError(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+def error_response(status: int, code: str, message: str) -> JSONResponse:
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return JSONResponse({"detail": message, "code": code}, status_code=status, headers=headers)
+
+
+def _state(request: Request) -> AppState:
+    return request.app.state.voicescreen
+
+
+def check_access(request: Request, browser: bool = True) -> None:
+    """Token (when configured) and, for endpoints a page may call, the origin."""
+    state = _state(request)
+    if browser and not origin_ok(
+        state.config, request.headers.get("origin"), request.headers.get("host")
+    ):
+        raise HttpError(403, "forbidden_origin", f"origin {request.headers['origin']} not allowed")
+    if not token_ok(state.config, presented_token(request.headers, request.query_params)):
+        raise HttpError(401, "unauthorized", "missing or wrong bearer token")
+
+
+def create_app(config: ServerConfig) -> FastAPI:
+    """A server for ``config``. Loads the bundles now (so a bad bundle fails here, with its
+    reason); the workers start with the first stream."""
+    state = AppState(config)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await state.start()
+        try:
+            yield
+        finally:
+            await state.close()
+
+    app = FastAPI(
+        title="voicescreen",
+        version=voicescreen.__version__,
+        summary="Real-time screening of live speech for audio deepfakes.",
+        lifespan=lifespan,
+    )
+    app.state.voicescreen = state
+    if config.allowed_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(config.allowed_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type"],
+        )
+
+    @app.exception_handler(HttpError)
+    async def http_error(request: Request, exc: HttpError) -> JSONResponse:
+        if request.url.path == "/v1/score":
+            state.metrics.score_requests[str(exc.status)] += 1
+        return error_response(exc.status, exc.code, exc.message)
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> FileResponse:
+        return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/healthz", summary="Liveness and the models served")
+    async def healthz() -> dict[str, Any]:
+        return {"status": "ok", "version": voicescreen.__version__, "models": list(state.workers)}
+
+    @app.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics")
+    async def metrics(request: Request) -> Response:
+        check_access(request, browser=False)
+        text = render(state.metrics, state.workers, TRANSPORTS, len(state.streams.clients))
+        return PlainTextResponse(text, media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    @app.get("/v1/models", summary="The models this server scores with")
+    async def models(request: Request) -> dict[str, Any]:
+        check_access(request)
+        return {
+            "models": [
+                {
+                    "name": name,
+                    "architecture": bundle.architecture,
+                    "input_samples": bundle.input_samples,
+                    "window_seconds": bundle.input_samples / SAMPLE_RATE,
+                    "threshold": bundle.score.threshold,
+                    "scale": bundle.score.scale,
+                    "metrics": bundle.card.get("metrics", {}),
+                }
+                for name, bundle in state.bundles.items()
+            ],
+            "default": state.default_model,
+            "hop_seconds": config.window.hop_seconds,
+            "smoothing": {
+                "windows": config.smoothing.windows,
+                "enter": config.smoothing.enter,
+                "leave": config.smoothing.leave,
+            },
+            "auth": config.token is not None,
+        }
+
+    @app.post(
+        "/v1/score",
+        summary="Score an audio file",
+        description=(
+            "Upload a WAV/FLAC/OGG file (multipart field `file`, or the raw file as the body); "
+            "get the same JSON as `voicescreen score --json --windows`."
+        ),
+        openapi_extra={
+            "requestBody": {
+                "content": {
+                    "multipart/form-data": {
+                        "schema": {
+                            "type": "object",
+                            "properties": {"file": {"type": "string", "format": "binary"}},
+                            "required": ["file"],
+                        }
+                    },
+                    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+                },
+                "required": True,
+            }
+        },
+    )
+    async def score(
+        request: Request, model: str | None = None, hop: float = HOP_SECONDS
+    ) -> dict[str, Any]:
+        check_access(request)
+        name = model or state.default_model
+        if name not in state.workers:
+            raise HttpError(404, "unknown_model", f"no model {name!r}; have {list(state.workers)}")
+        if not MIN_HOP <= hop <= 60:
+            raise HttpError(422, "bad_request", f"hop must be {MIN_HOP}-60 s, got {hop}")
+        filename, data = await read_upload(request, config.max_upload_bytes)
+        async with state.score_slots:
+            result = await _score_bytes(state, name, filename, data, hop)
+        state.metrics.score_requests["200"] += 1
+        return result
+
+    app.add_api_websocket_route("/v1/stream", stream_endpoint, name="stream")
+    app.add_api_websocket_route("/v1/twilio", twilio_endpoint, name="twilio")
+
+    @app.post(
+        "/v1/rtc/offer",
+        summary="WebRTC signalling: an SDP offer in, the answer out",
+        description=(
+            'Body: {"sdp": "...", "type": "offer", "models": [...]?, "stream_id": "..."?}. The '
+            "offer must hold one audio track and a data channel; events come back on it."
+        ),
+    )
+    async def rtc_offer(request: Request) -> dict[str, Any]:
+        check_access(request)
+        try:
+            body = await request.json()
+        except ValueError:
+            raise HttpError(400, "bad_sdp", "the offer must be JSON") from None
+        client = request.client.host if request.client else "unknown"
+        try:
+            return await state.rtc.offer(body, client)
+        except RtcError as e:
+            state.metrics.rejected["rtc", e.code] += 1
+            raise HttpError(e.status, e.code, e.message) from None
+
+    return app
+
+
+async def read_upload(request: Request, limit: int) -> tuple[str, bytes]:
+    """The uploaded file's name and bytes, refusing more than ``limit`` bytes of body."""
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > limit + 64 * 1024:
+        raise HttpError(413, "too_large", f"the upload is over the {limit}-byte limit")
+    received = 0
+
+    async def capped() -> dict[str, Any]:
+        nonlocal received
+        message = await request.receive()
+        if message["type"] == "http.request":
+            received += len(message.get("body", b""))
+            if received > limit + 64 * 1024:
+                raise HttpError(413, "too_large", f"the upload is over the {limit}-byte limit")
+        return message
+
+    capped_request = Request(request.scope, capped)
+    content_type = request.headers.get("content-type", "")
+    if content_type.startswith("multipart/form-data"):
+        try:
+            form = await capped_request.form(max_files=1, max_fields=4)
+        except HttpError:
+            raise
+        except Exception as e:  # python-multipart's parse errors
+            raise HttpError(400, "bad_request", f"cannot parse the multipart body ({e})") from None
+        upload = form.get("file")
+        if upload is None or isinstance(upload, str):
+            raise HttpError(400, "bad_request", "the multipart body has no file field 'file'")
+        data = await upload.read()
+        name = upload.filename or "upload"
+        await form.close()
+    else:
+        data = await capped_request.body()
+        name = request.query_params.get("filename", "upload")
+    if len(data) > limit:
+        raise HttpError(413, "too_large", f"the upload is over the {limit}-byte limit")
+    if not data:
+        raise HttpError(400, "bad_request", "the upload is empty")
+    return name, data
+
+
+async def _score_bytes(
+    state: AppState, model: str, filename: str, data: bytes, hop: float
+) -> dict[str, Any]:
+    def work() -> dict[str, Any]:
+        import soundfile as sf
+
+        suffix = Path(filename).suffix[:8] if Path(filename).suffix else ".audio"
+        fd, path = tempfile.mkstemp(prefix="voicescreen-", suffix=suffix)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            try:
+                info = sf.info(path)
+            except (sf.LibsndfileError, RuntimeError) as e:
+                raise AudioError(
+                    f"{filename}: cannot read audio ({e})".replace(path, filename)
+                ) from None
+            seconds = info.frames / info.samplerate if info.samplerate else 0
+            if seconds > state.config.max_upload_seconds:
+                raise HttpError(
+                    413,
+                    "too_long",
+                    f"{seconds:.0f} s of audio; the limit is {state.config.max_upload_seconds:g} s",
+                )
+            try:
+                x = load_audio(path)
+            except AudioError as e:
+                raise AudioError(str(e).replace(path, filename)) from None
+            return state.scorer(model).score_signal(x, filename, hop).to_dict(windows=True)
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+
+    try:
+        return await asyncio.to_thread(work)
+    except AudioError as e:
+        raise HttpError(422, "bad_audio", str(e)) from None

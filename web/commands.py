@@ -1,0 +1,259 @@
+"""``voicescreen serve`` and ``voicescreen tap``: ``add_parsers(subparsers)`` registers both."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+from typing import Any
+
+log = logging.getLogger("voicescreen")
+
+TOKEN_ENV = "VOICESCREEN_TOKEN"
+
+
+def _fail(message: str) -> int:
+    print(f"voicescreen: {message}", file=sys.stderr)
+    return 2
+
+
+def _csv(value: str | None) -> tuple[str, ...]:
+    return tuple(v.strip() for v in (value or "").split(",") if v.strip())
+
+
+# --- voicescreen serve -------------------------------------------------------------------------
+
+
+def config_from_args(args: argparse.Namespace) -> Any:
+    from voicescreen.stream import BatchOptions, VadOptions, WindowOptions
+    from voicescreen.web.config import ServerConfig
+
+    sinks = _csv(args.twilio_sink) or (
+        ("socket", "log", "webhook") if args.webhook else ("socket", "log")
+    )
+    return ServerConfig(
+        bundles=args.bundle or (),
+        backend=args.backend,
+        providers=args.providers,
+        threads=args.threads,
+        batch=BatchOptions(
+            max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue
+        ),
+        window=WindowOptions(hop_seconds=args.hop),
+        vad=VadOptions(min_voiced=args.min_voiced, enabled=not args.no_vad),
+        token=args.token or os.environ.get(TOKEN_ENV) or None,
+        allowed_origins=_csv(args.allow_origin),
+        max_frame_bytes=args.max_frame_bytes,
+        max_stream_seconds=args.max_stream_seconds,
+        max_streams_per_client=args.max_streams_per_client,
+        idle_timeout=args.idle_timeout,
+        twilio_sinks=sinks,
+        webhook_url=args.webhook,
+        webhook_events=_csv(args.webhook_events) or ("verdict", "summary", "error"),
+        ice_servers=_csv(args.ice_server),
+    )
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from voicescreen.web.server import serve
+    from voicescreen.web.state import ConfigError
+
+    try:
+        config = config_from_args(args)
+    except ValueError as e:
+        return _fail(str(e))
+    if not getattr(args, "verbose", 0):  # a server's own progress is worth seeing by default
+        for name in ("uvicorn.error", "voicescreen.web"):
+            logging.getLogger(name).setLevel(logging.INFO)
+    if config.token is None and args.host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("serving on %s without a token: anyone who reaches it can use it", args.host)
+    try:
+        serve(config, args.host, args.port)
+    except ConfigError as e:
+        return _fail(str(e))
+    return 0
+
+
+# --- voicescreen tap ---------------------------------------------------------------------------
+
+
+def _describe(message: dict[str, Any]) -> str | None:
+    kind = message.get("type")
+    stream = message.get("stream", "")
+    if kind == "started":
+        return f"{stream}: started, models {', '.join(message.get('models', {}))}"
+    if kind == "score":
+        return (
+            f"{stream} {message['model']}: [{message['start']:6.2f} s - {message['end']:6.2f} s]"
+            f"{' early' if message['early'] else '      '}"
+            f"  calibrated {message['calibrated']:+7.3f}"
+            f"  smoothed {message['smoothed']:+7.3f}  {message['verdict']:<9}"
+            f"  {message['latency_ms']:6.0f} ms"
+        )
+    if kind == "no_speech":
+        return (
+            f"{stream} {message['model']}: [{message['start']:6.2f} s - {message['end']:6.2f} s]"
+            f"  no speech (voiced {message['voiced']:.2f})"
+        )
+    if kind == "verdict":
+        return (
+            f"{stream} {message['model']}: verdict {message['previous']} -> "
+            f"{message['verdict'].upper()} at {message['time']:.2f} s"
+        )
+    if kind == "overloaded":
+        return f"{stream} {message['model']}: windows {message['windows']} shed (server overloaded)"
+    if kind == "error":
+        return f"{stream}: error {message['code']}: {message['message']}"
+    if kind == "summary":
+        parts = [
+            f"{name} {s['verdict'].upper()} (mean {s['mean']:+.3f}, {s['scored']}/{s['windows']} "
+            f"windows scored)"
+            if s["mean"] is not None
+            else f"{name} {s['verdict'].upper()} (nothing scored, {s['windows']} windows)"
+            for name, s in message["models"].items()
+        ]
+        return (
+            f"{stream}: summary ({message['reason']}, {message['duration']:.2f} s): "
+            + "; ".join(parts)
+        )
+    return None
+
+
+def cmd_tap(args: argparse.Namespace) -> int:
+    from voicescreen.audio import AudioError
+    from voicescreen.web.client import TapError, converse, tap_messages
+
+    url = args.url
+    if args.twilio and url.rstrip("/").endswith("/v1/stream"):
+        return _fail("--twilio streams to the /v1/twilio endpoint; fix --url")
+    try:
+        outgoing = list(
+            tap_messages(
+                args.file,
+                twilio=args.twilio,
+                encoding=args.encoding,
+                chunk_ms=args.chunk_ms,
+                models=list(_csv(args.models)) or None,
+                stream_id=args.stream_id,
+            )
+        )
+    except (AudioError, OSError, RuntimeError) as e:
+        return _fail(f"{args.file}: {e}")
+
+    def show(message: dict[str, Any]) -> None:
+        if args.json:
+            print(json.dumps(message), flush=True)
+            return
+        line = _describe(message)
+        if line is not None:
+            print(line, flush=True)
+
+    try:
+        result = asyncio.run(
+            converse(
+                url,
+                outgoing,
+                realtime=not args.fast,
+                token=args.token or os.environ.get(TOKEN_ENV) or None,
+                on_message=show,
+            )
+        )
+    except TapError as e:
+        return _fail(str(e))
+    except KeyboardInterrupt:
+        return 130
+    if result.errors and any(e.get("fatal", True) for e in result.errors):
+        return 1
+    if not result.summaries:
+        return _fail(f"the server closed the stream without a summary (code {result.close_code})")
+    return 0
+
+
+# --- registration ------------------------------------------------------------------------------
+
+
+def add_parsers(subparsers: Any) -> None:
+    """Register ``serve`` and ``tap`` on the CLI's subparsers."""
+    from voicescreen.audio import HOP_SECONDS
+    from voicescreen.stream import BatchOptions, VadOptions
+    from voicescreen.web.config import ServerConfig
+
+    d = ServerConfig.__dataclass_fields__
+    batch = BatchOptions()
+    s = subparsers.add_parser(
+        "serve",
+        help="run the server: demo page, call-tap WebSockets, Twilio, WebRTC, REST",
+        description="Serve the demo page at / and the API (see docs/server.md).",
+    )
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument(
+        "--bundle",
+        action="append",
+        help="bundle path or installed name; repeat to serve several models "
+        "(default: the shipped one)",
+    )
+    s.add_argument("--backend", choices=["onnx", "torch"], default="onnx")
+    s.add_argument("--providers", default="auto", help="ONNX providers: auto or tensorrt,cuda,cpu")
+    s.add_argument("--threads", type=int, default=None, help="intra-op threads per model")
+    s.add_argument("--max-batch", type=int, default=batch.max_batch)
+    s.add_argument("--max-wait-ms", type=float, default=batch.max_wait_ms)
+    s.add_argument("--max-queue", type=int, default=batch.max_queue)
+    s.add_argument("--hop", type=float, default=HOP_SECONDS, help="window hop in seconds")
+    s.add_argument(
+        "--min-voiced",
+        type=float,
+        default=VadOptions().min_voiced,
+        help="voiced fraction a window needs to be scored",
+    )
+    s.add_argument("--no-vad", action="store_true", help="score every window")
+    s.add_argument("--token", help=f"bearer token required by the API (or ${TOKEN_ENV})")
+    s.add_argument(
+        "--allow-origin", help="comma-separated browser origins allowed besides the server's own"
+    )
+    s.add_argument("--max-frame-bytes", type=int, default=d["max_frame_bytes"].default)
+    s.add_argument("--max-stream-seconds", type=float, default=d["max_stream_seconds"].default)
+    s.add_argument(
+        "--max-streams-per-client", type=int, default=d["max_streams_per_client"].default
+    )
+    s.add_argument("--idle-timeout", type=float, default=d["idle_timeout"].default)
+    s.add_argument(
+        "--twilio-sink",
+        help="where Twilio results go: comma-separated socket,webhook,log (default socket,log, "
+        "plus webhook with --webhook)",
+    )
+    s.add_argument("--webhook", help="URL to POST Twilio stream events to (JSON)")
+    s.add_argument(
+        "--webhook-events",
+        help="event types posted to the webhook (default verdict,summary,error)",
+    )
+    s.add_argument("--ice-server", help="comma-separated STUN/TURN URLs for WebRTC (default none)")
+    s.set_defaults(func=cmd_serve)
+
+    t = subparsers.add_parser(
+        "tap",
+        help="stream an audio file to a server's call-tap endpoint and print the events",
+        description="Stream FILE to ws://HOST/v1/stream (or /v1/twilio with --twilio) at "
+        "real-time pace and print what comes back.",
+    )
+    t.add_argument("file", metavar="FILE", help="wav/flac/ogg")
+    t.add_argument("--url", default="ws://127.0.0.1:8000/v1/stream", help="the endpoint")
+    t.add_argument(
+        "--twilio", action="store_true", help="speak Twilio Media Streams (8 kHz mu-law)"
+    )
+    t.add_argument("--fast", action="store_true", help="send as fast as possible, not real time")
+    t.add_argument(
+        "--encoding",
+        choices=["pcm16", "float32", "mulaw", "alaw"],
+        default="pcm16",
+        help="audio encoding for /v1/stream",
+    )
+    t.add_argument("--chunk-ms", type=float, default=20.0, help="audio per frame (ms)")
+    t.add_argument("--models", help="comma-separated models to score with (default: all)")
+    t.add_argument("--stream-id", help="the stream id to ask for")
+    t.add_argument("--token", help=f"bearer token (or ${TOKEN_ENV})")
+    t.add_argument("--json", action="store_true", help="print each message as one JSON line")
+    t.set_defaults(func=cmd_tap)

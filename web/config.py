@@ -1,0 +1,91 @@
+"""What a server is: the models it serves, the stream options, and its limits. No globals: every
+server is built from one ``ServerConfig`` by ``voicescreen.web.create_app``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from voicescreen.stream import BatchOptions, SmoothingOptions, VadOptions, WindowOptions
+
+if TYPE_CHECKING:
+    from voicescreen.models.bundle import Bundle
+
+# Rates a stream may declare. Each needs its own resampling filter, so the set is closed: an
+# arbitrary rate (say 95999 Hz) would cost a large filter design per stream.
+SAMPLE_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
+TWILIO_SINKS = ("socket", "webhook", "log")
+EVENT_TYPES = ("score", "no_speech", "overloaded", "verdict", "error", "summary")
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Everything ``create_app`` needs.
+
+    Models: ``bundles`` (paths, installed names or loaded bundles; empty: the shipped default),
+    run by ``backend`` on ``providers`` with ``threads`` intra-op threads, batched across streams
+    by ``batch``. Streams: ``window``, ``vad`` and ``smoothing`` as the stream core defines them.
+
+    Safety: ``token`` (a bearer token every API call and stream must present, None: open);
+    ``allowed_origins`` (browser origins besides the server's own that may use the API);
+    ``max_frame_bytes`` per WebSocket message; ``max_stream_seconds`` per stream (audio or wall
+    time, whichever runs out first); ``max_streams_per_client`` open at once per client address;
+    ``idle_timeout`` seconds without a message before a stream is ended; ``max_upload_bytes`` and
+    ``max_upload_seconds`` for ``POST /v1/score``.
+
+    Twilio: where results go (``twilio_sinks``: the socket itself, a webhook, the log);
+    ``webhook_url`` and the event types posted to it. WebRTC: ``ice_servers`` (STUN/TURN URLs;
+    none by default, which suits a server the browser reaches directly).
+    """
+
+    bundles: Sequence[str | Path | Bundle] = ()
+    backend: str = "onnx"
+    providers: str = "auto"
+    threads: int | None = None
+    batch: BatchOptions = field(default_factory=BatchOptions)
+    window: WindowOptions = field(default_factory=WindowOptions)
+    vad: VadOptions = field(default_factory=VadOptions)
+    smoothing: SmoothingOptions = field(default_factory=SmoothingOptions)
+
+    token: str | None = None
+    allowed_origins: tuple[str, ...] = ()
+    max_frame_bytes: int = 1 << 20
+    max_stream_seconds: float = 4 * 3600.0
+    max_streams_per_client: int = 64
+    idle_timeout: float = 30.0
+    max_upload_bytes: int = 64 << 20
+    max_upload_seconds: float = 1800.0
+    max_score_jobs: int = 1  # uploads scored at once; the others wait their turn
+    sample_rates: tuple[int, ...] = SAMPLE_RATES
+    max_channels: int = 8
+
+    twilio_sinks: tuple[str, ...] = ("socket", "log")
+    webhook_url: str | None = None
+    webhook_events: tuple[str, ...] = ("verdict", "summary", "error")
+    webhook_timeout: float = 5.0
+
+    ice_servers: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.token is not None and not self.token:
+            raise ValueError("token must be a non-empty string (or None for no token)")
+        for name in ("max_frame_bytes", "max_streams_per_client", "max_upload_bytes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+        for name in ("max_stream_seconds", "idle_timeout", "max_upload_seconds"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive")
+        if self.max_score_jobs < 1 or self.max_channels < 1:
+            raise ValueError("max_score_jobs and max_channels must be at least 1")
+        unknown = set(self.twilio_sinks) - set(TWILIO_SINKS)
+        if unknown:
+            raise ValueError(f"unknown Twilio sink(s) {sorted(unknown)}; use {TWILIO_SINKS}")
+        if "webhook" in self.twilio_sinks and not self.webhook_url:
+            raise ValueError("the webhook sink needs webhook_url")
+        if self.webhook_url and not self.webhook_url.startswith(("http://", "https://")):
+            raise ValueError(f"webhook_url must be an http(s) URL, got {self.webhook_url!r}")
+        unknown = set(self.webhook_events) - set(EVENT_TYPES)
+        if unknown:
+            raise ValueError(f"unknown event type(s) {sorted(unknown)}; use {EVENT_TYPES}")

@@ -1,0 +1,120 @@
+"""One server's state: its config, the loaded bundles and their workers, the streams' accounting.
+Built by ``create_app`` and held on ``app.state.voicescreen``; nothing lives at module level."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from voicescreen.models import store
+from voicescreen.models.bundle import Bundle, load_bundle
+from voicescreen.stream import InferenceWorker
+from voicescreen.web.config import ServerConfig
+from voicescreen.web.metrics import ServerMetrics
+from voicescreen.web.streams import Streams
+
+if TYPE_CHECKING:
+    from voicescreen.scoring import Scorer
+    from voicescreen.web.rtc import RtcPeers
+    from voicescreen.web.sinks import WebhookSink
+
+log = logging.getLogger(__name__)
+
+
+class ConfigError(ValueError):
+    """A server that cannot start as configured (no bundle, a broken one, clashing names)."""
+
+
+def load_bundles(specs: list[str | Path | Bundle]) -> dict[str, Bundle]:
+    """Bundles by name: the given ones, or the shipped default when none is given."""
+    if not specs:
+        if not (store.DEFAULT_BUNDLE / "card.json").exists():
+            raise ConfigError(
+                f"no bundle given and no default bundle shipped at {store.DEFAULT_BUNDLE}; "
+                "pass --bundle PATH (see `voicescreen import-weights` to make one)"
+            )
+        specs = [None]
+    bundles: dict[str, Bundle] = {}
+    for spec in specs:
+        if isinstance(spec, Bundle):
+            bundle = spec
+        else:
+            try:
+                bundle = load_bundle(store.resolve_bundle(spec))
+            except (FileNotFoundError, ValueError) as e:  # BundleError is a ValueError
+                raise ConfigError(str(e)) from e
+        if bundle.name in bundles:
+            raise ConfigError(f"two bundles are named {bundle.name!r}; names must be unique")
+        bundles[bundle.name] = bundle
+    return bundles
+
+
+class AppState:
+    """Everything the endpoints share."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.bundles = load_bundles(list(config.bundles))
+        options = {"threads": config.threads}
+        if config.backend == "onnx":
+            options["providers"] = config.providers
+        self.workers: dict[str, InferenceWorker] = {
+            name: InferenceWorker.from_bundle(bundle, config.backend, config.batch, **options)
+            for name, bundle in self.bundles.items()
+        }
+        self._runtime_options = options
+        self.metrics = ServerMetrics()
+        self.streams = Streams(config, self.workers, self.metrics)
+        self.webhook: WebhookSink | None = None
+        self.rtc: RtcPeers | None = None
+        self._scorers: dict[str, Scorer] = {}
+        self._score_slots: asyncio.Semaphore | None = None
+        log.info(
+            "serving %s on %s",
+            ", ".join(f"{n} ({b.architecture})" for n, b in self.bundles.items()),
+            config.backend,
+        )
+
+    @property
+    def default_model(self) -> str:
+        return next(iter(self.workers))
+
+    def scorer(self, name: str) -> Scorer:
+        """The offline scorer of a bundle (``POST /v1/score``), made on first use."""
+        from voicescreen.scoring import Scorer
+
+        if name not in self._scorers:
+            self._scorers[name] = Scorer(
+                self.bundles[name], self.config.backend, **self._runtime_options
+            )
+        return self._scorers[name]
+
+    @property
+    def score_slots(self) -> asyncio.Semaphore:
+        if self._score_slots is None:
+            self._score_slots = asyncio.Semaphore(self.config.max_score_jobs)
+        return self._score_slots
+
+    async def start(self) -> None:
+        from voicescreen.web.rtc import RtcPeers
+        from voicescreen.web.sinks import WebhookSink
+
+        if self.config.webhook_url:
+            self.webhook = WebhookSink(
+                self.config.webhook_url,
+                self.config.webhook_events,
+                self.config.webhook_timeout,
+                self.metrics,
+            )
+            self.webhook.start()
+        self.rtc = RtcPeers(self)
+
+    async def close(self) -> None:
+        if self.rtc is not None:
+            await self.rtc.close()
+        for worker in self.workers.values():
+            await worker.close()
+        if self.webhook is not None:
+            await self.webhook.close()

@@ -1,0 +1,260 @@
+"""What every transport shares: the start of a stream, per-client limits, and relaying a session's
+events to wherever the transport sends them. Transports convert frames to audio and events to
+messages; the session (``voicescreen.stream.Session``) does the rest."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from voicescreen.stream import (
+    AudioFormat,
+    DecodeError,
+    Event,
+    InferenceWorker,
+    Session,
+    SummaryEvent,
+)
+from voicescreen.stream.codecs import ENCODINGS
+from voicescreen.web.config import ServerConfig
+from voicescreen.web.metrics import ServerMetrics
+
+log = logging.getLogger(__name__)
+
+STREAM_ID = re.compile(r"^[A-Za-z0-9._:/@-]{1,128}$")
+TRANSPORTS = ("stream", "twilio", "rtc")
+
+# WebSocket close codes (RFC 6455 section 7.4.1 and the IANA registry).
+CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001
+CLOSE_INVALID_DATA = 1007
+CLOSE_POLICY = 1008
+CLOSE_TOO_BIG = 1009
+CLOSE_INTERNAL = 1011
+CLOSE_TRY_AGAIN = 1013
+
+# Error codes of the transports (``docs/server.md``), with the close code each ends a socket with.
+# ``bad_input`` and ``model_error`` come from the session itself (``docs/events.md``).
+CLOSE_CODES = {
+    "bad_input": CLOSE_INVALID_DATA,
+    "bad_message": CLOSE_POLICY,
+    "bad_start": CLOSE_POLICY,
+    "missing_start": CLOSE_POLICY,
+    "unauthorized": CLOSE_POLICY,
+    "frame_too_large": CLOSE_TOO_BIG,
+    "stream_too_long": CLOSE_POLICY,
+    "idle_timeout": CLOSE_POLICY,
+    "too_many_streams": CLOSE_TRY_AGAIN,
+    "internal": CLOSE_INTERNAL,
+}
+
+
+class StreamError(Exception):
+    """A reason, at the transport, to refuse or end a stream: an error ``code`` from
+    ``CLOSE_CODES`` and a message for the client."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+    @property
+    def close_code(self) -> int:
+        return CLOSE_CODES.get(self.code, CLOSE_POLICY)
+
+
+class ClientGone(Exception):
+    """The transport's peer went away; events can no longer be delivered."""
+
+
+def close_reason(message: str) -> str:
+    """A WebSocket close reason: at most 123 UTF-8 bytes."""
+    data = message.encode()
+    if len(data) <= 123:
+        return message
+    return data[:120].decode(errors="ignore") + "..."
+
+
+@dataclass(frozen=True)
+class StreamStart:
+    """What a client declares when a stream begins."""
+
+    format: AudioFormat
+    models: tuple[str, ...] | None = None  # None: every model the server serves
+    stream_id: str | None = None
+
+
+START_FIELDS = ("type", "sample_rate", "encoding", "channels", "stream_id", "models")
+
+
+def check_stream_id(value: Any) -> str:
+    if not isinstance(value, str) or not STREAM_ID.match(value):
+        raise StreamError(
+            "bad_start",
+            f"stream_id must be 1-128 characters of letters, digits and ._:/@-, got {value!r}",
+        )
+    return value
+
+
+def check_models(value: Any, known: Mapping[str, Any]) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not value or not all(isinstance(m, str) for m in value):
+        raise StreamError("bad_start", f"models must be a non-empty list of names, got {value!r}")
+    unknown = [m for m in value if m not in known]
+    if unknown:
+        raise StreamError(
+            "bad_start", f"unknown model(s) {unknown}; this server serves {list(known)}"
+        )
+    return tuple(dict.fromkeys(value))
+
+
+def parse_start(
+    message: Mapping[str, Any], config: ServerConfig, known: Mapping[str, Any]
+) -> StreamStart:
+    """Check a ``{"type": "start", ...}`` message of ``/v1/stream`` (already decoded JSON)."""
+    unknown = [k for k in message if k not in START_FIELDS]
+    if unknown:
+        raise StreamError(
+            "bad_start", f"unknown field(s) {unknown} in start; known: {list(START_FIELDS)}"
+        )
+    rate = message.get("sample_rate", 16000)
+    if isinstance(rate, float) and rate.is_integer():
+        rate = int(rate)
+    if not isinstance(rate, int) or isinstance(rate, bool) or rate not in config.sample_rates:
+        raise StreamError(
+            "bad_start", f"sample_rate must be one of {list(config.sample_rates)} Hz, got {rate!r}"
+        )
+    encoding = message.get("encoding", "pcm16")
+    if encoding not in ENCODINGS:
+        raise StreamError(
+            "bad_start", f"unknown encoding {encoding!r}; use one of {list(ENCODINGS)}"
+        )
+    channels = message.get("channels", 1)
+    if (
+        not isinstance(channels, int)
+        or isinstance(channels, bool)
+        or not 1 <= channels <= config.max_channels
+    ):
+        raise StreamError(
+            "bad_start", f"channels must be an integer 1-{config.max_channels}, got {channels!r}"
+        )
+    try:
+        fmt = AudioFormat(encoding, rate, channels)
+    except DecodeError as e:
+        raise StreamError("bad_start", str(e)) from None
+    models = message.get("models")
+    stream_id = message.get("stream_id")
+    return StreamStart(
+        fmt,
+        None if models is None else check_models(models, known),
+        None if stream_id is None else check_stream_id(stream_id),
+    )
+
+
+Deliver = Callable[[Event], Awaitable[None]]
+
+
+class Streams:
+    """The server's streams: who has how many open, how sessions are built, and the relay of
+    their events (counted in ``metrics`` on the way)."""
+
+    def __init__(
+        self, config: ServerConfig, workers: Mapping[str, InferenceWorker], metrics: ServerMetrics
+    ) -> None:
+        self.config = config
+        self.workers = workers
+        self.metrics = metrics
+        self.clients: Counter[str] = Counter()
+
+    @contextlib.contextmanager
+    def slot(self, transport: str, client: str) -> Iterator[None]:
+        """Hold one of ``client``'s stream slots while the block runs; StreamError when the
+        client already has ``max_streams_per_client`` streams open."""
+        limit = self.config.max_streams_per_client
+        if self.clients[client] >= limit:
+            self.metrics.rejected[transport, "too_many_streams"] += 1
+            raise StreamError(
+                "too_many_streams", f"{client} already has {limit} streams open (the limit)"
+            )
+        self.clients[client] += 1
+        self.metrics.active[transport] += 1
+        try:
+            yield
+        finally:
+            self.metrics.active[transport] -= 1
+            self.clients[client] -= 1
+            if self.clients[client] <= 0:
+                del self.clients[client]
+
+    def session(
+        self, fmt: AudioFormat, models: tuple[str, ...] | None, stream_id: str | None
+    ) -> Session:
+        names = models or tuple(self.workers)
+        return Session(
+            {name: self.workers[name] for name in names},
+            fmt=fmt,
+            window=self.config.window,
+            vad=self.config.vad,
+            smoothing=self.config.smoothing,
+            stream_id=stream_id,
+        )
+
+    def started(self, session: Session, models: tuple[str, ...] | None) -> dict[str, Any]:
+        """The ``started`` message that acknowledges a stream: its id, models and format."""
+        return {
+            "type": "started",
+            "stream": session.stream_id,
+            "models": {
+                name: {
+                    "input_samples": self.workers[name].input_samples,
+                    "threshold": self.workers[name].score_spec.threshold,
+                }
+                for name in models or self.workers
+            },
+            "format": {
+                "encoding": session.format.encoding,
+                "sample_rate": session.format.sample_rate,
+                "channels": session.format.channels,
+            },
+            "hop_seconds": self.config.window.hop_seconds,
+            "smoothing": {
+                "windows": self.config.smoothing.windows,
+                "enter": self.config.smoothing.enter,
+                "leave": self.config.smoothing.leave,
+            },
+        }
+
+    async def relay(
+        self, session: Session, transport: str, deliver: Deliver | None
+    ) -> SummaryEvent | None:
+        """Every event of ``session`` to ``deliver`` (while the peer is there), the summary last;
+        returns the summary. Events are counted in the metrics whether delivered or not."""
+        async for event in session.events():
+            self.metrics.observe(event, transport)
+            if deliver is None:
+                continue
+            try:
+                await deliver(event)
+            except ClientGone:
+                log.info("stream %s: client gone, finishing without it", session.stream_id)
+                deliver = None
+        summary = session.summary
+        if summary is not None:
+            log.info(
+                "stream %s (%s) ended: %s, %.1f s, %s",
+                session.stream_id,
+                transport,
+                summary.reason,
+                summary.duration,
+                ", ".join(
+                    f"{m} {s.verdict} ({s.scored}/{s.windows} scored)"
+                    for m, s in summary.models.items()
+                ),
+            )
+        return summary
