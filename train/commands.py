@@ -1,0 +1,280 @@
+"""The ``train``, ``eval`` and ``explain`` subcommands; ``cli.py`` calls ``add_parsers``.
+
+    voicescreen train aasist-l --data-root ../shared/data --out runs/aasist-l \\
+        --init ../shared/reference/aasist/AASIST-L.pth --export runs/aasist-l/bundle
+    voicescreen eval --bundle runs/aasist-l/bundle --data-root ../shared/data --split eval \\
+        --out runs/aasist-l/eval
+    voicescreen explain clip.flac --bundle runs/aasist-l/bundle --out runs/aasist-l/explain
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shlex
+import sys
+from typing import Any
+
+log = logging.getLogger("voicescreen")
+
+
+def _fail(message: str) -> int:
+    print(f"voicescreen: {message}", file=sys.stderr)
+    return 2
+
+
+def _progress(args: argparse.Namespace) -> bool | None:
+    return False if getattr(args, "no_progress", False) else None  # None: when stderr is a TTY
+
+
+# --- voicescreen train -------------------------------------------------------------------------
+
+
+def recipe_from_args(args: argparse.Namespace):
+    """The recipe named on the command line, with the TOML file and the flags applied."""
+    from voicescreen.train.recipes import load_recipe, parse_sets
+
+    overrides: dict[str, Any] = parse_sets(args.set)
+    flags = {
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "seed": args.seed,
+        "subset": args.subset,
+        "init": args.init,
+        "num_workers": args.workers,
+        "threads": args.threads,
+    }
+    overrides.update({k: v for k, v in flags.items() if v is not None})
+    if args.per_attack:
+        overrides["per_attack"] = True
+    if args.class_weights is not None:
+        overrides["class_weights"] = args.class_weights
+    if args.no_amp:
+        overrides["amp"] = False
+    if args.augment is not None:
+        overrides["augment"] = {"preset": args.augment}
+    if args.calibrate_on is not None:
+        overrides["calibration"] = [c.strip() for c in args.calibrate_on.split(",") if c.strip()]
+    return load_recipe(args.recipe, args.config, overrides)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from voicescreen.train.data import ProtocolError
+    from voicescreen.train.trainer import TrainError, train
+
+    try:
+        recipe = recipe_from_args(args)
+    except (ValueError, KeyError, OSError) as e:
+        return _fail(f"recipe: {e.args[0] if e.args else e}")
+    if args.show_recipe:
+        import json
+
+        print(json.dumps(recipe.to_dict(), indent=2))
+        return 0
+    try:
+        result = train(
+            recipe,
+            args.data_root,
+            args.out,
+            resume=args.resume,
+            export=args.export,
+            bundle_name=args.name,
+            stop_after=args.stop_after,
+            device=args.device,
+            progress=_progress(args),
+        )
+    except (TrainError, ProtocolError, ValueError, RuntimeError) as e:
+        return _fail(str(e))
+    last = result.history[-1] if result.history else {}
+    figures = ", ".join(
+        f"{k} {last[k]:.4f}"
+        for k in ("train_loss", "train_acc", "dev_loss", "dev_acc", "dev_eer")
+        if k in last
+    )
+    print(
+        f"{recipe.name}: {result.epochs_done}/{recipe.epochs} epochs in {result.out_dir}"
+        + (f" ({figures})" if figures else "")
+    )
+    if result.bundle is not None:
+        dev = result.metrics["dev"]
+        print(
+            f"wrote bundle {result.bundle}: threshold {dev['threshold']:+.4f} "
+            f"(EER threshold on dev, {'+'.join(dev['channels'])}), dev EER {100 * dev['eer']:.2f} %"
+        )
+    return 0
+
+
+# --- voicescreen eval --------------------------------------------------------------------------
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from voicescreen.models.bundle import BundleError
+    from voicescreen.models.store import resolve_bundle
+    from voicescreen.train.data import ProtocolError
+    from voicescreen.train.evaluate import evaluate
+
+    try:
+        bundle = resolve_bundle(args.bundle)
+        result = evaluate(
+            bundle,
+            args.data_root,
+            args.split,
+            args.out,
+            backend=args.backend,
+            channel=args.channel,
+            asv_scores=args.asv_scores,
+            subset=args.subset,
+            seed=args.seed,
+            threads=args.threads,
+            progress=_progress(args),
+            command=shlex.join(["voicescreen", *sys.argv[1:]]) if args.record_command else None,
+        )
+    except (BundleError, ProtocolError, FileNotFoundError, ValueError, RuntimeError) as e:
+        return _fail(str(e))
+    f = result.figures
+    tdcf = "n/a" if f.min_tdcf is None else f"{f.min_tdcf:.4f}"
+    print(
+        f"{args.split}: EER {100 * f.eer:.2f} %, min t-DCF {tdcf}, at threshold "
+        f"{f.threshold:+.4f}: bona fide accepted {100 * f.bonafide_accepted:.1f} %, spoofs "
+        f"rejected {100 * f.spoof_rejected:.1f} %  -> {result.files['report']}"
+    )
+    return 0
+
+
+# --- voicescreen explain -----------------------------------------------------------------------
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from voicescreen.audio import AudioError
+    from voicescreen.models.bundle import BundleError
+    from voicescreen.models.store import resolve_bundle
+    from voicescreen.train.explain import ExplainError, explain
+
+    try:
+        result = explain(args.file, resolve_bundle(args.bundle), args.out)
+    except (BundleError, ExplainError, AudioError, FileNotFoundError, OSError) as e:
+        return _fail(str(e))
+    print(
+        f"{args.file}: {result.verdict} (score {result.score:+.4f}); "
+        f"{len(result.files)} files in {args.out}"
+    )
+    return 0
+
+
+# --- parsers -----------------------------------------------------------------------------------
+
+
+def add_parsers(subparsers: argparse._SubParsersAction) -> None:
+    """Register ``train``, ``eval`` and ``explain`` on the ``voicescreen`` parser."""
+    from voicescreen.train.augment import CHANNELS, PRESETS
+    from voicescreen.train.recipes import RECIPES
+
+    s = subparsers.add_parser(
+        "train",
+        help="train a recipe on an ASVspoof-layout corpus, optionally export a bundle",
+        description="Train a recipe (the study's settings by default) on the train split, with "
+        "per-epoch dev figures and checkpoints; --export calibrates on dev and writes a bundle.",
+    )
+    s.add_argument(
+        "recipe",
+        nargs="?",
+        choices=list(RECIPES),
+        metavar="RECIPE",
+        help=f"one of {', '.join(RECIPES)} (or recipe = ... in --config)",
+    )
+    s.add_argument("--data-root", required=True, help="corpus root (ASVspoof 2019 LA or flat)")
+    s.add_argument("--out", required=True, help="run folder: checkpoints, history, recipe")
+    s.add_argument("--config", help="TOML file with recipe fields, [model] and [augment]")
+    s.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override any recipe field, TOML values, dotted keys "
+        "(e.g. model.gat_dims=[8,8], augment.noise.p=0.5); repeatable",
+    )
+    s.add_argument("--epochs", type=int)
+    s.add_argument("--batch-size", type=int)
+    s.add_argument("--lr", type=float)
+    s.add_argument("--seed", type=int)
+    s.add_argument("--subset", type=int, help="seeded class-balanced subset of the train split")
+    s.add_argument("--per-attack", action="store_true", help="balance the subset's attacks")
+    s.add_argument(
+        "--class-weights",
+        type=float,
+        nargs=2,
+        metavar=("SPOOF", "BONAFIDE"),
+        help="weighted cross-entropy, e.g. 0.1 0.9 as AASIST",
+    )
+    s.add_argument("--init", help="official checkpoint (.pth) or bundle to start from")
+    s.add_argument("--augment", choices=list(PRESETS), help="augmentation preset")
+    s.add_argument(
+        "--calibrate-on",
+        metavar="CH[,CH]",
+        help=f"dev channels for the exported threshold, pooled ({', '.join(CHANNELS)})",
+    )
+    s.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    s.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
+    s.add_argument("--workers", type=int, help="DataLoader worker processes")
+    s.add_argument("--threads", type=int, help="torch CPU threads")
+    s.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    s.add_argument("--stop-after", type=int, metavar="N", help="stop after epoch N (resume later)")
+    s.add_argument("--export", metavar="BUNDLE", help="write a calibrated bundle (dir or .zip)")
+    s.add_argument("--name", help="bundle name (default: the export path's name)")
+    s.add_argument("--show-recipe", action="store_true", help="print the resolved recipe, exit")
+    s.add_argument("--no-progress", action="store_true", help="no progress bars")
+    s.set_defaults(func=cmd_train)
+
+    s = subparsers.add_parser(
+        "eval",
+        help="score a split with a bundle; Markdown report, plots, ASVspoof score file",
+        description="EER, min t-DCF, per-attack EER and acceptance rates at the bundle's "
+        "threshold, scoring each clip's first window.",
+    )
+    s.add_argument("--bundle", help="bundle path or installed name (default: the shipped one)")
+    s.add_argument("--data-root", required=True)
+    s.add_argument("--split", choices=["dev", "eval", "train"], default="eval")
+    s.add_argument("--out", required=True, help="report folder")
+    s.add_argument(
+        "--channel",
+        choices=list(CHANNELS),
+        default="clean",
+        help="pass each clip through this codec before scoring",
+    )
+    s.add_argument(
+        "--asv-scores",
+        help="ASVspoof 2019 ASV score file for the t-DCF (default: looked for beside the data)",
+    )
+    s.add_argument("--subset", type=int, help="score a seeded class-balanced subset only")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--backend", choices=["onnx", "torch"], default="onnx")
+    s.add_argument("--threads", type=int)
+    s.add_argument(
+        "--record-command", action="store_true", help="write this command line into the report"
+    )
+    s.add_argument("--no-progress", action="store_true")
+    s.set_defaults(func=cmd_eval)
+
+    s = subparsers.add_parser("explain", help="heatmaps of AASIST's graph attention for one clip")
+    s.add_argument("file", help="audio file (its first window is scored)")
+    s.add_argument("--bundle", help="an AASIST or AASIST-L bundle (default: the shipped one)")
+    s.add_argument("--out", required=True, help="folder for the PNGs and arrays")
+    s.set_defaults(func=cmd_explain)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one of these subcommands alone (``python -m voicescreen.train.commands ...``)."""
+    p = argparse.ArgumentParser(prog="voicescreen")
+    p.add_argument("-v", "--verbose", action="count", default=0)
+    add_parsers(p.add_subparsers(dest="command", required=True, metavar="COMMAND"))
+    args = p.parse_args(argv)
+    level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+__all__ = ["add_parsers", "cmd_eval", "cmd_explain", "cmd_train", "main", "recipe_from_args"]

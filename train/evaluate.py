@@ -1,0 +1,566 @@
+"""Evaluate a bundle on a split: EER, min t-DCF, per-attack EER, rates at the card's threshold.
+
+Scoring follows the reference evaluation loaders: one window per utterance, its first
+``input_samples`` samples, repeat-padded when shorter (``voicescreen.audio.pad_repeat``), scored by
+the bundle's runtime (ONNX Runtime by default, or PyTorch) in batches. That first window is also
+window 0 of ``voicescreen score --windows`` on the same file. A ``channel`` (e.g. ``mulaw``) passes
+each window's audio through a codec first, to measure the product's channel.
+
+``evaluate()`` writes into its output folder:
+
+- ``report.md``: the figures, with the plots beside it;
+- ``scores.txt``: the ASVspoof 2019 CM score file (``FILE ATTACK LABEL SCORE``, attack ``-`` for
+  bona fide), readable by the organisers' scripts;
+- ``scores.csv``: the same with a header and the calibrated score and decision;
+- ``metrics.json``: every figure of the report, for machines;
+- ``hist.png`` (scores per class and per attack), ``det.png`` (DET curve), ``training.png``
+  (training curves, when the bundle's card has them).
+
+The min t-DCF needs the ASVspoof 2019 organisers' ASV scores; on a corpus other than ASVspoof 2019
+LA it is still computable (the ASV side's error rates are fixed numbers) but it then mixes that ASV
+system's error rates on ASVspoof with our countermeasure on this corpus, and the report says so.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import sys
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from voicescreen.audio import load_audio, pad_repeat
+from voicescreen.train.augment import channel as apply_channel
+from voicescreen.train.data import Utterance, balanced_subset, find_split, load_split
+from voicescreen.train.metrics import det_curve, eer, min_tdcf, rates_at, read_asv_scores
+
+log = logging.getLogger(__name__)
+
+ASV_SCORE_FILE = "ASVspoof2019.LA.asv.{split}.gi.trl.scores.txt"
+BATCH = 16
+
+
+# --- windows and scores ------------------------------------------------------------------------
+
+
+def first_window(x: np.ndarray, samples: int, channel: str = "clean") -> np.ndarray:
+    """The evaluation window of a clip: its first ``samples`` samples, through ``channel``,
+    repeat-padded to ``samples`` (the channel sees only real audio, never the padding)."""
+    return pad_repeat(apply_channel(np.asarray(x[:samples], np.float32), channel), samples)
+
+
+def iter_windows(
+    utts: Sequence[Utterance], samples: int, channel: str = "clean", batch: int = BATCH
+) -> Iterator[np.ndarray]:
+    """Batches (B, samples) of the utterances' evaluation windows, in order."""
+    for i in range(0, len(utts), batch):
+        yield np.stack(
+            [first_window(load_audio(u.path), samples, channel) for u in utts[i : i + batch]]
+        )
+
+
+def score_utterances(
+    score_fn: Callable[[np.ndarray], np.ndarray],
+    utts: Sequence[Utterance],
+    samples: int,
+    channel: str = "clean",
+    batch: int = BATCH,
+    progress: bool = False,
+    desc: str = "scoring",
+) -> np.ndarray:
+    """Raw scores (higher = bona fide) of each utterance's first window; ``score_fn`` maps a
+    (B, samples) float32 batch to (B,) scores."""
+    from tqdm import tqdm
+
+    out = []
+    with tqdm(total=len(utts), desc=desc, unit="clip", disable=not progress, leave=False) as bar:
+        for x in iter_windows(utts, samples, channel, batch):
+            out.append(np.asarray(score_fn(x), dtype=np.float64).reshape(-1))
+            bar.update(len(x))
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+# --- figures -----------------------------------------------------------------------------------
+
+
+def find_asv_scores(data_root: str | Path, split: str) -> Path | None:
+    """The organisers' ASV score file for ``split`` (dev or eval), looked for in the published
+    layout (``ASVspoof2019_LA_asv_scores/``), in ``$VOICESCREEN_ASV_SCORES``, and in
+    ``reference/asvspoof2019/`` beside the data root (the ``../shared`` layout)."""
+    if split not in ("dev", "eval"):
+        return None
+    name = ASV_SCORE_FILE.format(split=split)
+    root = Path(data_root)
+    candidates = [root / "ASVspoof2019_LA_asv_scores" / name]
+    if os.environ.get("VOICESCREEN_ASV_SCORES"):
+        candidates.append(Path(os.environ["VOICESCREEN_ASV_SCORES"]) / name)
+    candidates.append(root.resolve().parent / "reference" / "asvspoof2019" / name)
+    return next((p for p in candidates if p.is_file()), None)
+
+
+def is_asvspoof2019(data_root: str | Path, split: str) -> bool:
+    protocol, _ = find_split(data_root, split)
+    return protocol.name.startswith("ASVspoof2019.LA.")
+
+
+@dataclass
+class Figures:
+    """The metrics of one scored split (rates are fractions)."""
+
+    n_bonafide: int
+    n_spoof: int
+    eer: float
+    eer_threshold: float
+    threshold: float  # the card's threshold
+    bonafide_accepted: float  # at the card's threshold
+    spoof_rejected: float
+    accuracy: float  # of the decisions at the card's threshold
+    per_attack: dict[str, dict[str, float]] = field(default_factory=dict)
+    min_tdcf: float | None = None
+    tdcf_asv: str | None = None  # the ASV score file used
+    tdcf_note: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def compute_figures(
+    utts: Sequence[Utterance],
+    scores: np.ndarray,
+    threshold: float,
+    asv_scores: str | Path | None = None,
+    tdcf_note: str | None = None,
+) -> Figures:
+    """EER (and its threshold), rates and accuracy at ``threshold``, per-attack EER and spoof
+    rejection, and min t-DCF when ``asv_scores`` is given."""
+    scores = np.asarray(scores, dtype=np.float64)
+    labels = np.array([u.is_bonafide for u in utts])
+    bona, spoof = scores[labels], scores[~labels]
+    value, eer_threshold = eer(bona, spoof)
+    rates = rates_at(bona, spoof, threshold)
+    accuracy = float(np.mean((scores >= threshold) == labels))
+    attacks = np.array([u.attack for u in utts])
+    per_attack = {}
+    for attack in sorted(set(attacks[~labels])):
+        s = scores[attacks == attack]
+        per_attack[attack] = {
+            "n": int(s.size),
+            "eer": eer(bona, s)[0],
+            "spoof_rejected": float(np.mean(s < threshold)),
+        }
+    tdcf = None
+    if asv_scores is not None:
+        tdcf = min_tdcf(bona, spoof, read_asv_scores(asv_scores))
+    return Figures(
+        n_bonafide=int(bona.size),
+        n_spoof=int(spoof.size),
+        eer=value,
+        eer_threshold=eer_threshold,
+        threshold=float(threshold),
+        bonafide_accepted=rates["bonafide_accepted"],
+        spoof_rejected=rates["spoof_rejected"],
+        accuracy=accuracy,
+        per_attack=per_attack,
+        min_tdcf=tdcf,
+        tdcf_asv=str(asv_scores) if asv_scores is not None else None,
+        tdcf_note=tdcf_note if asv_scores is not None else None,
+    )
+
+
+# --- score files -------------------------------------------------------------------------------
+
+
+def write_score_file(path: str | Path, utts: Sequence[Utterance], scores: np.ndarray) -> None:
+    """The ASVspoof 2019 CM score file: one ``FILE ATTACK LABEL SCORE`` line per utterance."""
+    lines = [
+        f"{u.file} {u.attack} {u.label} {float(s):.9g}" for u, s in zip(utts, scores, strict=True)
+    ]
+    Path(path).write_text("\n".join(lines) + "\n")
+
+
+def read_score_file(path: str | Path) -> tuple[list[str], list[str], list[str], np.ndarray]:
+    """Files, attacks, labels and scores of an ASVspoof 2019 CM score file."""
+    rows = [line.split() for line in Path(path).read_text().splitlines() if line.strip()]
+    bad = [i + 1 for i, r in enumerate(rows) if len(r) != 4]
+    if bad:
+        raise ValueError(f"{path}: lines {bad[:5]} are not 'FILE ATTACK LABEL SCORE'")
+    return (
+        [r[0] for r in rows],
+        [r[1] for r in rows],
+        [r[2] for r in rows],
+        np.array([float(r[3]) for r in rows]),
+    )
+
+
+def write_csv(
+    path: str | Path, utts: Sequence[Utterance], scores: np.ndarray, threshold: float, scale: float
+) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["file", "speaker", "attack", "label", "score", "calibrated", "decision"])
+        for u, s in zip(utts, scores, strict=True):
+            cal = scale * (float(s) - threshold)
+            w.writerow(
+                [
+                    u.file,
+                    u.speaker,
+                    u.attack,
+                    u.label,
+                    f"{float(s):.9g}",
+                    f"{cal:.9g}",
+                    "bonafide" if cal >= 0 else "spoof",
+                ]
+            )
+
+
+# --- plots -------------------------------------------------------------------------------------
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_histograms(
+    path: str | Path,
+    utts: Sequence[Utterance],
+    scores: np.ndarray,
+    threshold: float,
+    title: str = "",
+) -> None:
+    """Score histograms: bona fide against all spoofs, and against each attack."""
+    plt = _pyplot()
+    scores = np.asarray(scores)
+    labels = np.array([u.label for u in utts])
+    attacks = np.array([u.attack for u in utts])
+    bins = np.linspace(scores.min(), scores.max() + 1e-9, 41)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    ax = axes[0]
+    ax.hist(scores[labels == "bonafide"], bins, alpha=0.6, label="bona fide", color="tab:green")
+    ax.hist(scores[labels == "spoof"], bins, alpha=0.6, label="spoof", color="tab:red")
+    ax.set_title("per class")
+    ax = axes[1]
+    ax.hist(
+        scores[labels == "bonafide"],
+        bins,
+        histtype="step",
+        lw=2,
+        label="bona fide",
+        color="tab:green",
+    )
+    palette = [
+        "tab:red",
+        "tab:blue",
+        "tab:orange",
+        "tab:purple",
+        "tab:brown",
+        "tab:pink",
+        "tab:gray",
+        "tab:olive",
+        "tab:cyan",
+    ]  # no green: that is bona fide
+    for i, attack in enumerate(sorted(set(attacks[labels == "spoof"]))):
+        ax.hist(
+            scores[attacks == attack],
+            bins,
+            histtype="step",
+            lw=1.5,
+            label=attack,
+            color=palette[i % len(palette)],
+        )
+    ax.set_title("per attack")
+    for ax in axes:
+        ax.axvline(threshold, color="k", ls="--", lw=1, label=f"threshold {threshold:+.3f}")
+        ax.set_xlabel("score (higher = bona fide)")
+        ax.set_ylabel("clips")
+        ax.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_det(
+    path: str | Path,
+    curves: dict[str, tuple[np.ndarray, np.ndarray]],
+    title: str = "",
+) -> None:
+    """DET curves (miss vs false alarm on normal-deviate axes); ``curves`` maps a label to
+    (bona fide scores, spoof scores)."""
+    from scipy.stats import norm
+
+    plt = _pyplot()
+    ticks = np.array([0.1, 0.5, 1, 2, 5, 10, 20, 40, 60, 80, 90, 95, 99]) / 100
+    fig, ax = plt.subplots(figsize=(5.5, 5.5))
+    for label, (bona, spoof) in curves.items():
+        miss, fa, _ = det_curve(bona, spoof)
+        lo = 0.5 / max(len(bona), len(spoof))
+        x = norm.ppf(np.clip(fa, lo, 1 - lo))
+        y = norm.ppf(np.clip(miss, lo, 1 - lo))
+        value, _ = eer(bona, spoof)
+        ax.plot(x, y, lw=1.5, label=f"{label} (EER {100 * value:.2f} %)")
+    ax.plot(norm.ppf([1e-3, 0.999]), norm.ppf([1e-3, 0.999]), "k:", lw=0.8)
+    ax.set_xticks(norm.ppf(ticks), [f"{100 * t:g}" for t in ticks])
+    ax.set_yticks(norm.ppf(ticks), [f"{100 * t:g}" for t in ticks])
+    ax.set_xlim(norm.ppf([1e-3, 0.99]))
+    ax.set_ylim(norm.ppf([1e-3, 0.99]))
+    ax.set_xlabel("false alarm: spoofs accepted (%)")
+    ax.set_ylabel("miss: bona fide rejected (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper right")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_training(path: str | Path, history: Sequence[dict[str, Any]], title: str = "") -> bool:
+    """Loss, accuracy and dev EER per epoch from a training history; False when there is none."""
+    keys = ("train_loss", "train_acc", "dev_loss", "dev_acc", "dev_eer")
+    rows = [h for h in history if "epoch" in h and any(k in h for k in keys)]
+    if not rows:
+        return False  # e.g. LFCC-GMM: one fit, no curves
+    plt = _pyplot()
+    epochs = [h["epoch"] for h in rows]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    for ax, key, label in [
+        (axes[0], "loss", "loss"),
+        (axes[1], "acc", "accuracy"),
+        (axes[2], "eer", "EER"),
+    ]:
+        for split, style in (("train", "-o"), ("dev", "--s")):
+            values = [h.get(f"{split}_{key}") for h in rows]
+            if any(v is not None for v in values):
+                xs = [e for e, v in zip(epochs, values, strict=True) if v is not None]
+                ax.plot(xs, [v for v in values if v is not None], style, label=split)
+        ax.set_xlabel("epoch")
+        ax.set_title(label)
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+# --- the report --------------------------------------------------------------------------------
+
+
+@dataclass
+class EvalResult:
+    out_dir: Path
+    figures: Figures
+    scores: np.ndarray
+    utts: list[Utterance]
+    files: dict[str, Path]
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.2f} %"
+
+
+def evaluate(
+    bundle_path: str | Path,
+    data_root: str | Path,
+    split: str,
+    out_dir: str | Path,
+    *,
+    backend: str = "onnx",
+    channel: str = "clean",
+    asv_scores: str | Path | None = None,
+    subset: int | None = None,
+    seed: int = 0,
+    threads: int | None = None,
+    progress: bool | None = None,
+    command: str | None = None,
+) -> EvalResult:
+    """Score ``split`` of the corpus at ``data_root`` with a bundle and write the report."""
+    from voicescreen.models.bundle import load_bundle
+
+    bundle = load_bundle(bundle_path)
+    utts = load_split(data_root, split)
+    if subset:
+        utts = sorted(balanced_subset(utts, subset, seed), key=lambda u: u.file)
+    progress = sys.stderr.isatty() if progress is None else progress
+    runtime = bundle.runtime(backend, threads=threads)
+    spec = bundle.score
+    scores = score_utterances(
+        lambda x: runtime(x)[1],
+        utts,
+        bundle.input_samples,
+        channel,
+        progress=progress,
+        desc=f"{split} ({channel})",
+    )
+
+    asv = Path(asv_scores) if asv_scores else find_asv_scores(data_root, split)
+    note = None
+    if asv is not None and not is_asvspoof2019(data_root, split):
+        note = (
+            "this corpus is not ASVspoof 2019 LA: the t-DCF uses the ASVspoof 2019 organisers' "
+            "ASV system's fixed error rates (from their scores) with our countermeasure's rates "
+            "on this corpus; compare it only with other figures computed the same way"
+        )
+    figures = compute_figures(utts, scores, spec.threshold, asv, note)
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    files = {
+        "report": out / "report.md",
+        "scores": out / "scores.txt",
+        "csv": out / "scores.csv",
+        "metrics": out / "metrics.json",
+        "hist": out / "hist.png",
+        "det": out / "det.png",
+    }
+    write_score_file(files["scores"], utts, scores)
+    write_csv(files["csv"], utts, scores, spec.threshold, spec.scale)
+    title = f"{bundle.name} on {split} ({channel})"
+    plot_histograms(files["hist"], utts, scores, spec.threshold, title)
+    labels = np.array([u.is_bonafide for u in utts])
+    plot_det(files["det"], {bundle.name: (scores[labels], scores[~labels])}, title)
+    training = bundle.card.get("training") or {}
+    if plot_training(out / "training.png", training.get("history") or [], bundle.name):
+        files["training"] = out / "training.png"
+
+    meta = {
+        "bundle": {
+            "name": bundle.name,
+            "path": str(bundle_path),
+            "architecture": bundle.architecture,
+            "threshold": spec.threshold,
+            "scale": spec.scale,
+            "convention": spec.convention,
+            "onnx_sha256": bundle.card["files"]["model.onnx"]["sha256"],
+        },
+        "data": {
+            "root": str(data_root),
+            "split": split,
+            "clips": len(utts),
+            "subset": subset,
+            "attacks": dict(sorted(Counter(u.attack for u in utts).items())),
+        },
+        "scoring": {
+            "backend": backend,
+            "channel": channel,
+            "window": f"first {bundle.input_samples} samples, repeat-padded",
+        },
+        "figures": figures.to_dict(),
+    }
+    files["metrics"].write_text(json.dumps(meta, indent=2) + "\n")
+    files["report"].write_text(_report_markdown(meta, figures, bundle.card, files, command))
+    log.info("wrote %s (EER %.2f %%)", files["report"], 100 * figures.eer)
+    return EvalResult(out, figures, scores, list(utts), files)
+
+
+def _report_markdown(
+    meta: dict, f: Figures, card: dict, files: dict[str, Path], command: str | None
+) -> str:
+    b, d, s = meta["bundle"], meta["data"], meta["scoring"]
+    lines = [
+        f"# {b['name']} on the {d['split']} split",
+        "",
+        f"- Bundle: `{b['path']}` ({b['architecture']}, score `{b['convention']}`, "
+        f"threshold {b['threshold']:+.6f}, scale {b['scale']:.4g})",
+        f"- Data: `{d['root']}`, split `{d['split']}`, {d['clips']} clips "
+        f"({f.n_bonafide} bona fide, {f.n_spoof} spoof)"
+        + (f", seeded subset of {d['subset']}" if d["subset"] else ""),
+        f"- Scoring: {s['window']} of each clip, channel `{s['channel']}`, {s['backend']} runtime",
+    ]
+    if command:
+        lines.append(f"- Command: `{command}`")
+    lines += [
+        "",
+        "## Summary",
+        "",
+        "| metric | value |",
+        "|---|---|",
+        f"| EER | {_pct(f.eer)} |",
+        f"| EER threshold | {f.eer_threshold:+.6f} |",
+        "| min t-DCF | "
+        + ("n/a (no ASV scores)" if f.min_tdcf is None else f"{f.min_tdcf:.4f}")
+        + (" (see note)" if f.tdcf_note else "")
+        + " |",
+        f"| bona fide accepted at the card's threshold | {_pct(f.bonafide_accepted)} |",
+        f"| spoofs rejected at the card's threshold | {_pct(f.spoof_rejected)} |",
+        f"| accuracy at the card's threshold | {_pct(f.accuracy)} |",
+        "",
+        "## Per attack",
+        "",
+        "| attack | clips | EER (vs all bona fide) | rejected at threshold |",
+        "|---|---|---|---|",
+    ]
+    for attack, a in f.per_attack.items():
+        lines.append(f"| {attack} | {a['n']} | {_pct(a['eer'])} | {_pct(a['spoof_rejected'])} |")
+    if f.min_tdcf is not None:
+        lines += ["", f"ASV scores for the t-DCF: `{f.tdcf_asv}`."]
+        if f.tdcf_note:
+            lines += ["", f"**Note on the t-DCF:** {f.tdcf_note}."]
+    lines += [
+        "",
+        "## Plots",
+        "",
+        f"![score histograms]({files['hist'].name})",
+        "",
+        f"![DET curve]({files['det'].name})",
+    ]
+    if "training" in files:
+        lines += ["", f"![training curves]({files['training'].name})"]
+    training = card.get("training") or {}
+    if training:
+        recipe = training.get("recipe", {})
+        lines += [
+            "",
+            "## Training (from the bundle's card)",
+            "",
+            f"- Recipe `{recipe.get('name')}`: {recipe.get('epochs')} epochs, batch "
+            f"{recipe.get('batch_size')}, lr {recipe.get('lr')}, scheduler "
+            f"{recipe.get('scheduler')}, seed {recipe.get('seed')}, init `{recipe.get('init')}`",
+            f"- Data: {json.dumps(training.get('data', {}))}",
+        ]
+        dev = (card.get("metrics") or {}).get("dev")
+        if dev:
+            lines.append(
+                f"- Calibration on dev ({', '.join(dev.get('channels', []))}): "
+                f"EER {_pct(dev.get('eer'))}, threshold {dev.get('threshold', 0):+.6f}"
+            )
+    lines += [
+        "",
+        "## Files",
+        "",
+        f"- `{files['scores'].name}`: ASVspoof 2019 CM score file (`FILE ATTACK LABEL SCORE`)",
+        f"- `{files['csv'].name}`: scores with calibrated values and decisions",
+        f"- `{files['metrics'].name}`: every figure above",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+__all__ = [
+    "EvalResult",
+    "Figures",
+    "compute_figures",
+    "evaluate",
+    "find_asv_scores",
+    "first_window",
+    "iter_windows",
+    "plot_det",
+    "plot_histograms",
+    "plot_training",
+    "read_score_file",
+    "score_utterances",
+    "write_score_file",
+]
