@@ -45,3 +45,43 @@ def speech_clips(data_dir: Path) -> dict[str, np.ndarray]:
         "bonafide": load_audio(data_dir / "flac" / f"{bona}.flac"),
         "spoof": load_audio(data_dir / "flac" / f"{spoof}.flac"),
     }
+
+
+@pytest.fixture(scope="session")
+def aasist_l_official(reference_dir: Path):
+    """AASIST-L with the official weights, in eval mode."""
+    import torch
+
+    from voicescreen.models.registry import get_architecture
+
+    model = get_architecture("aasist-l").build()
+    path = reference_dir / "aasist" / "AASIST-L.pth"
+    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True), strict=True)
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def export_aasist_l(tmp_path_factory, aasist_l_official):
+    """Export the official AASIST-L as a bundle (once per setting; exporting is the slow part):
+    ``export_aasist_l(threshold=0.0, scale=1.0, name="aasist-l", check_input=None)``."""
+    from voicescreen.models.bundle import export_bundle
+    from voicescreen.models.registry import get_architecture
+
+    made = {}
+
+    def export(threshold=0.0, scale=1.0, name="aasist-l", check_input=None):
+        key = (threshold, scale, name, check_input is None)
+        if key not in made:
+            made[key] = export_bundle(
+                aasist_l_official,
+                tmp_path_factory.mktemp("bundle") / name,
+                architecture="aasist-l",
+                config=get_architecture("aasist-l").default_config,
+                name=name,
+                threshold=threshold,
+                scale=scale,
+                check_input=check_input,
+            )
+        return made[key]
+
+    return export

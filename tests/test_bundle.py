@@ -22,23 +22,9 @@ from voicescreen.models.runtime import resolve_providers
 
 
 @pytest.fixture(scope="module")
-def aasist_l_bundle(tmp_path_factory, reference_dir, speech_clips):
-    arch = get_architecture("aasist-l")
-    model = arch.build()
-    weights = reference_dir / "aasist" / "AASIST-L.pth"
-    state = torch.load(weights, map_location="cpu", weights_only=True)
-    model.load_state_dict(state, strict=True)
-    check = np.stack([pad_repeat(x, arch.input_samples()) for x in speech_clips.values()])
-    out = tmp_path_factory.mktemp("bundles") / "aasist-l"
-    return export_bundle(
-        model,
-        out,
-        architecture="aasist-l",
-        config=arch.default_config,
-        name="aasist-l-test",
-        threshold=0.25,
-        check_input=check,
-    )
+def aasist_l_bundle(export_aasist_l, speech_clips):
+    check = np.stack([pad_repeat(x, 64600) for x in speech_clips.values()])
+    return export_aasist_l(threshold=0.25, name="aasist-l-test", check_input=check)
 
 
 def _windows(speech_clips, n):

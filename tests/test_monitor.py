@@ -32,8 +32,7 @@ import pytest
 import soundfile as sf
 
 from voicescreen.audio import SAMPLE_RATE, load_audio, resample
-from voicescreen.models.bundle import Bundle, export_bundle
-from voicescreen.models.registry import get_architecture
+from voicescreen.models.bundle import Bundle
 from voicescreen.scoring import Scorer
 
 MONITOR = [sys.executable, "-m", "voicescreen.monitor"]
@@ -52,21 +51,8 @@ SPARK = "▁▂▃▄▅▆▇█"
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory, reference_dir) -> Bundle:
-    import torch
-
-    arch = get_architecture("aasist-l")
-    model = arch.build()
-    path = reference_dir / "aasist" / "AASIST-L.pth"
-    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True), strict=True)
-    return export_bundle(
-        model,
-        tmp_path_factory.mktemp("bundle") / "aasist-l",
-        architecture="aasist-l",
-        config=arch.default_config,
-        name="aasist-l",
-        threshold=THRESHOLD,
-    )
+def bundle(export_aasist_l) -> Bundle:
+    return export_aasist_l(threshold=THRESHOLD)
 
 
 @pytest.fixture(scope="module")

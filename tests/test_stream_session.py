@@ -8,8 +8,7 @@ import pytest
 import soundfile as sf
 
 from voicescreen.audio import SAMPLE_RATE, load_audio, sliding_windows
-from voicescreen.models.bundle import ScoreSpec, export_bundle
-from voicescreen.models.registry import get_architecture
+from voicescreen.models.bundle import ScoreSpec
 from voicescreen.scoring import Scorer
 from voicescreen.stream import (
     AudioFormat,
@@ -29,25 +28,8 @@ GUARD = 120  # seconds: far beyond what any of these takes on 2 cores
 
 
 @pytest.fixture(scope="session")
-def bundle(tmp_path_factory, reference_dir):
-    import torch
-
-    arch = get_architecture("aasist-l")
-    model = arch.build()
-    weights = torch.load(
-        reference_dir / "aasist" / "AASIST-L.pth", map_location="cpu", weights_only=True
-    )
-    model.load_state_dict(weights, strict=True)
-    out = tmp_path_factory.mktemp("bundle") / "aasist-l"
-    return export_bundle(
-        model,
-        out,
-        architecture="aasist-l",
-        config=arch.default_config,
-        name="aasist-l",
-        threshold=0.5,
-        scale=1.5,
-    )
+def bundle(export_aasist_l):
+    return export_aasist_l(threshold=0.5, scale=1.5)
 
 
 @pytest.fixture(scope="session")

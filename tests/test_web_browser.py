@@ -25,8 +25,8 @@ WAIT_MS = 120_000  # generous: two shared cores, a model call per window
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, reference_dir):
-    server = start_server(ServerConfig(bundles=[web_bundle(tmp_path_factory, reference_dir)]))
+def server(export_aasist_l):
+    server = start_server(ServerConfig(bundles=[web_bundle(export_aasist_l)]))
     yield server
     server.stop()
 

@@ -24,9 +24,9 @@ FRAME_LIMIT = 64 * 1024
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, reference_dir):
+def server(export_aasist_l):
     config = ServerConfig(
-        bundles=[web_bundle(tmp_path_factory, reference_dir)],
+        bundles=[web_bundle(export_aasist_l)],
         token=TOKEN,
         max_frame_bytes=FRAME_LIMIT,
         max_streams_per_client=3,

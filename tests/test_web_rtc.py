@@ -15,8 +15,8 @@ from voicescreen.web.config import ServerConfig
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, reference_dir):
-    server = start_server(ServerConfig(bundles=[web_bundle(tmp_path_factory, reference_dir)]))
+def server(export_aasist_l):
+    server = start_server(ServerConfig(bundles=[web_bundle(export_aasist_l)]))
     yield server
     server.stop()
 

@@ -26,8 +26,8 @@ from voicescreen.web.config import ServerConfig
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory, reference_dir):
-    return web_bundle(tmp_path_factory, reference_dir)
+def bundle(export_aasist_l):
+    return web_bundle(export_aasist_l)
 
 
 @pytest.fixture(scope="module")

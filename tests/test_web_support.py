@@ -11,10 +11,9 @@ import asyncio
 import re
 from pathlib import Path
 
-import pytest
 import soundfile as sf
 
-from voicescreen.models.bundle import Bundle, export_bundle, load_bundle
+from voicescreen.models.bundle import Bundle
 from voicescreen.web.config import ServerConfig
 from voicescreen.web.server import BackgroundServer
 
@@ -29,30 +28,9 @@ def run(coro):
     return asyncio.run(asyncio.wait_for(coro, GUARD))
 
 
-def web_bundle(tmp_path_factory: pytest.TempPathFactory, reference_dir: Path) -> Bundle:
+def web_bundle(export_aasist_l) -> Bundle:
     """AASIST-L (official weights), threshold 0.5 and scale 1.5 so calibration is exercised."""
-    out = tmp_path_factory.getbasetemp() / "web-bundle" / "aasist-l"
-    if (out / "card.json").exists():
-        return load_bundle(out)
-    import torch
-
-    from voicescreen.models.registry import get_architecture
-
-    arch = get_architecture("aasist-l")
-    model = arch.build()
-    weights = torch.load(
-        reference_dir / "aasist" / "AASIST-L.pth", map_location="cpu", weights_only=True
-    )
-    model.load_state_dict(weights, strict=True)
-    return export_bundle(
-        model,
-        out,
-        architecture="aasist-l",
-        config=arch.default_config,
-        name="aasist-l",
-        threshold=0.5,
-        scale=1.5,
-    )
+    return export_aasist_l(threshold=0.5, scale=1.5)
 
 
 def dev_clip(data_dir: Path, label: str, low: float, high: float, index: int = 0) -> Path:

@@ -59,8 +59,8 @@ class Webhook:
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory, reference_dir):
-    return web_bundle(tmp_path_factory, reference_dir)
+def bundle(export_aasist_l):
+    return web_bundle(export_aasist_l)
 
 
 @pytest.fixture(scope="module")
