@@ -101,3 +101,21 @@ def test_models_lists_installed_bundles(home):
     (broken / "card.json").write_text("{}")
     listing = json.loads(run("models", "--json", home=home).stdout)
     assert "error" in {b["name"]: b for b in listing["bundles"]}["broken"]
+
+
+def test_shipped_default_bundle_works_offline_and_its_card_is_true(tmp_path, data_dir):
+    """No --bundle: the bundle inside the package scores; the eval figures its card states are
+    what `voicescreen eval` measures on the eval split now."""
+    from voicescreen.models.bundle import load_bundle
+    from voicescreen.models.store import DEFAULT_BUNDLE
+    from voicescreen.train.evaluate import evaluate
+
+    p = run("score", str(data_dir / "flac" / "VS_E_00801.flac"), "--json", home=tmp_path)
+    assert json.loads(p.stdout)["bundle"] == "default"
+    card = load_bundle(DEFAULT_BUNDLE).card
+    stated = card["metrics"]["eval"]
+    assert stated["data"].startswith("../shared/data eval split")
+    measured = evaluate(DEFAULT_BUNDLE, data_dir, "eval", tmp_path / "report").figures
+    assert measured.eer == pytest.approx(stated["eer"], abs=1e-9)
+    assert measured.bonafide_accepted == pytest.approx(stated["bonafide_accepted"], abs=1e-9)
+    assert measured.spoof_rejected == pytest.approx(stated["spoof_rejected"], abs=1e-9)
