@@ -85,3 +85,33 @@ def export_aasist_l(tmp_path_factory, aasist_l_official):
         return made[key]
 
     return export
+
+
+@pytest.fixture(scope="session")
+def onnx_session():
+    """``onnx_session(model, example)``: export ``model`` the way bundles are exported (legacy
+    exporter, opset 17, input ``waveform`` and output ``logits`` with a dynamic batch axis,
+    traced on ``example``) and open it in ONNX Runtime on the CPU."""
+    import io
+    import warnings
+
+    import onnxruntime as ort
+    import torch
+
+    def export(model, example):
+        buf = io.BytesIO()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # exporter deprecation and tracer notices
+            torch.onnx.export(
+                model,
+                (example,),
+                buf,
+                input_names=["waveform"],
+                output_names=["logits"],
+                dynamic_axes={"waveform": {0: "batch"}, "logits": {0: "batch"}},
+                opset_version=17,
+                dynamo=False,
+            )
+        return ort.InferenceSession(buf.getvalue(), providers=["CPUExecutionProvider"])
+
+    return export

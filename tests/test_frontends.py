@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import pytest
 import scipy.fft
@@ -176,23 +174,9 @@ def test_logmel_matches_torchaudio(windows: torch.Tensor) -> None:
 
 
 @pytest.mark.parametrize("frontend", [LFCC, LogMel])
-def test_frontend_exports_to_onnx(frontend: type, windows: torch.Tensor, tmp_path) -> None:
-    ort = pytest.importorskip("onnxruntime")
+def test_frontend_exports_to_onnx(frontend: type, windows: torch.Tensor, onnx_session) -> None:
     model = frontend().eval()
-    path = tmp_path / "frontend.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            model,
-            (windows[:1],),
-            str(path),
-            input_names=["waveform"],
-            output_names=["logits"],
-            dynamic_axes={"waveform": {0: "batch"}, "logits": {0: "batch"}},
-            opset_version=17,
-            dynamo=False,
-        )
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = onnx_session(model, windows[:1])
     for batch in (1, 3):
         x = windows[:batch]
         (got,) = session.run(None, {"waveform": x.numpy()})

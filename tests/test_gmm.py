@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -150,23 +149,11 @@ def test_state_dict_round_trip_through_safetensors(
     assert not torch.allclose(before, want)
 
 
-def test_onnx_export_matches_torch(real_model: LFCCGMM, windows: torch.Tensor, tmp_path) -> None:
+def test_onnx_export_matches_torch(
+    real_model: LFCCGMM, windows: torch.Tensor, onnx_session
+) -> None:
     """Logits are mean log-likelihoods (|values| ~ 50-150): relative tolerance 1e-4."""
-    ort = pytest.importorskip("onnxruntime")
-    path = tmp_path / "gmm.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            real_model,
-            (windows[:1],),
-            str(path),
-            input_names=["waveform"],
-            output_names=["logits"],
-            dynamic_axes={"waveform": {0: "batch"}, "logits": {0: "batch"}},
-            opset_version=17,
-            dynamo=False,
-        )
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = onnx_session(real_model, windows[:1])
     for batch in (1, 3):
         x = windows[:batch]
         (got,) = session.run(None, {"waveform": x.numpy()})

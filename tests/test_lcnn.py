@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import pytest
 import torch
@@ -92,23 +90,9 @@ def test_eval_is_deterministic_and_batch_independent(windows: torch.Tensor) -> N
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
-def test_onnx_export_matches_torch(name: str, windows: torch.Tensor, tmp_path) -> None:
-    ort = pytest.importorskip("onnxruntime")
+def test_onnx_export_matches_torch(name: str, windows: torch.Tensor, onnx_session) -> None:
     model = built(name)
-    path = tmp_path / "model.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            model,
-            (windows[:1],),
-            str(path),
-            input_names=["waveform"],
-            output_names=["logits"],
-            dynamic_axes={"waveform": {0: "batch"}, "logits": {0: "batch"}},
-            opset_version=17,
-            dynamo=False,
-        )
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = onnx_session(model, windows[:1])
     for batch in (1, 3):  # exported with batch 1: the BLSTMs must take any batch
         x = windows[:batch]
         (got,) = session.run(None, {"waveform": x.numpy()})

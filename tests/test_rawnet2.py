@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import copy
 import json
-import warnings
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 import torch
 
@@ -182,24 +180,11 @@ def _speech_windows(speech_clips, n: int) -> np.ndarray:
     return np.stack([pad_repeat(bona, n), pad_repeat(spoof, n), pad_repeat(bona[16000:], n)])
 
 
-def test_onnx_export_matches_torch_with_dynamic_batch(parity_model, speech_clips, tmp_path):
+def test_onnx_export_matches_torch_with_dynamic_batch(parity_model, speech_clips, onnx_session):
     name, model, meta = parity_model
     n = meta["model_config"]["nb_samp"]
-    path = tmp_path / f"rawnet2-{name}.onnx"
     dummy = torch.zeros(2, n)  # traced at batch 2, run at 1 and 3: the batch axis must be free
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # legacy-exporter deprecation and GRU tracer notices
-        torch.onnx.export(
-            model,
-            (dummy,),
-            str(path),
-            input_names=["waveform"],
-            output_names=["logits"],
-            dynamic_axes={"waveform": {0: "batch"}, "logits": {0: "batch"}},
-            opset_version=17,
-            dynamo=False,
-        )
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = onnx_session(model, dummy)
     windows = _speech_windows(speech_clips, n)
     for batch in (windows[:1], windows):
         with torch.inference_mode():
