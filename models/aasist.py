@@ -387,12 +387,17 @@ class AASIST(nn.Module):
         """
         if freq_aug is None:
             freq_aug = self.freq_aug and self.training
-        # Front-end and encoder.
+        e = self.encoder(self.front_end(x, freq_aug)).abs()  # (B, D, S, T)
+        return self.readout(e)
+
+    def front_end(self, x: Tensor, freq_aug: bool = False) -> Tensor:
+        """(B, T) waveform -> (B, 1, C/3, T'/3): sinc filterbank, |.|, 3x3 max-pool, BN, SELU."""
         x = self.conv_time(x.unsqueeze(1), mask=freq_aug)  # (B, C, T')
         x = F.max_pool2d(x.abs().unsqueeze(1), (3, 3))  # (B, 1, C/3, T'/3)
-        x = F.selu(self.first_bn(x), inplace=True)
-        e = self.encoder(x).abs()  # (B, D, S, T)
+        return F.selu(self.first_bn(x), inplace=True)
 
+    def readout(self, e: Tensor) -> tuple[Tensor, Tensor]:
+        """|encoder output| (B, D, S, T) -> (last_hidden, logits): the graph-attention head."""
         # Spectral and temporal graphs.
         e_S = e.amax(dim=3).transpose(1, 2) + self.pos_S  # (B, S, D)
         out_S = self.pool_S(self.GAT_layer_S(e_S))
