@@ -115,3 +115,27 @@ def onnx_session():
         return ort.InferenceSession(buf.getvalue(), providers=["CPUExecutionProvider"])
 
     return export
+
+
+@pytest.fixture(scope="session")
+def small_corpus(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Path:
+    """A small corpus in the flat layout: links to real clips of each split, every attack."""
+    from voicescreen.train.data import load_split
+
+    root = tmp_path_factory.mktemp("corpus")
+    (root / "flac").mkdir()
+    (root / "protocols").mkdir()
+    for split, suffix, n_bona in (
+        ("train", "train.trn", 3),
+        ("dev", "dev.trl", 3),
+        ("eval", "eval.trl", 3),
+    ):
+        utts = load_split(data_dir, split)
+        picked = [u for u in utts if u.is_bonafide][:n_bona]
+        for attack in sorted({u.attack for u in utts if not u.is_bonafide}):
+            picked += [u for u in utts if u.attack == attack][:1]
+        for u in picked:
+            (root / "flac" / u.path.name).symlink_to(u.path)
+        lines = [f"{u.speaker} {u.file} - {u.attack} {u.label}" for u in picked]
+        (root / "protocols" / f"VS.cm.{suffix}.txt").write_text("\n".join(lines) + "\n")
+    return root

@@ -45,28 +45,6 @@ SMALL_OVERRIDES = {
 }
 
 
-@pytest.fixture(scope="module")
-def tree(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Path:
-    """A small corpus in the flat layout: links to real clips of each split, every attack."""
-    root = tmp_path_factory.mktemp("corpus")
-    (root / "flac").mkdir()
-    (root / "protocols").mkdir()
-    for split, suffix, n_bona in (
-        ("train", "train.trn", 3),
-        ("dev", "dev.trl", 3),
-        ("eval", "eval.trl", 3),
-    ):
-        utts = load_split(data_dir, split)
-        picked = [u for u in utts if u.is_bonafide][:n_bona]
-        for attack in sorted({u.attack for u in utts if not u.is_bonafide}):
-            picked += [u for u in utts if u.attack == attack][:1]
-        for u in picked:
-            (root / "flac" / u.path.name).symlink_to(u.path)
-        lines = [f"{u.speaker} {u.file} - {u.attack} {u.label}" for u in picked]
-        (root / "protocols" / f"VS.cm.{suffix}.txt").write_text("\n".join(lines) + "\n")
-    return root
-
-
 def run_cli(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="voicescreen")
     add_parsers(p.add_subparsers(dest="command", required=True))
@@ -75,7 +53,7 @@ def run_cli(argv: list[str]) -> int:
 
 
 @pytest.fixture(scope="module")
-def trained(tree: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def trained(small_corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """One epoch of reduced AASIST-L through the CLI, exported with a mu-law-aware threshold."""
     out = tmp_path_factory.mktemp("run")
     bundle = out / "bundle"
@@ -84,7 +62,7 @@ def trained(tree: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, P
             "train",
             "aasist-l",
             "--data-root",
-            str(tree),
+            str(small_corpus),
             "--out",
             str(out / "train"),
             "--epochs",
@@ -107,7 +85,7 @@ def trained(tree: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, P
     return {"out": out, "train": out / "train", "bundle": bundle}
 
 
-def test_train_writes_checkpoint_history_and_a_calibrated_bundle(trained, tree):
+def test_train_writes_checkpoint_history_and_a_calibrated_bundle(trained, small_corpus):
     ckpt = load_checkpoint(trained["train"] / "checkpoint.pt")
     assert ckpt["epoch"] == 1 and ckpt["step"] == 2  # 6 clips in batches of 3
     assert (trained["train"] / "checkpoints" / "epoch-001.pt").is_file()
@@ -130,17 +108,17 @@ def test_train_writes_checkpoint_history_and_a_calibrated_bundle(trained, tree):
     assert card["provenance"]["init"] == "random"
 
 
-def test_threshold_is_the_dev_eer_threshold(trained, tree):
-    """Recompute the pooled clean + mu-law dev scores with the bundle and find its threshold."""
+def test_threshold_is_the_dev_eer_threshold(trained, small_corpus):
+    """Recompute the pooled clean + mu-law dev scores with the bundle (the ONNX graph it serves)
+    and find its threshold."""
     from voicescreen.train.evaluate import score_utterances
 
     bundle = load_bundle(trained["bundle"])
-    model = bundle.build_torch()
-    dev = load_split(tree, "dev")
+    runtime = bundle.runtime("onnx")
+    dev = load_split(small_corpus, "dev")
 
     def score(x: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            return model(torch.from_numpy(x))[:, 1].numpy()
+        return runtime(x)[1]
 
     pooled = np.concatenate([score_utterances(score, dev, 16000, ch) for ch in ("clean", "mulaw")])
     labels = np.array([u.is_bonafide for u in dev] * 2)
@@ -148,7 +126,7 @@ def test_threshold_is_the_dev_eer_threshold(trained, tree):
     assert bundle.score.threshold == pytest.approx(threshold, abs=1e-6)
 
 
-def test_eval_report_matches_a_recomputation_and_score_cli(trained, tree, reference_dir):
+def test_eval_report_matches_a_recomputation_and_score_cli(trained, small_corpus, reference_dir):
     asv = reference_dir / "asvspoof2019" / "ASVspoof2019.LA.asv.eval.gi.trl.scores.txt"
     out = trained["out"] / "eval"
     rc = run_cli(
@@ -157,7 +135,7 @@ def test_eval_report_matches_a_recomputation_and_score_cli(trained, tree, refere
             "--bundle",
             str(trained["bundle"]),
             "--data-root",
-            str(tree),
+            str(small_corpus),
             "--split",
             "eval",
             "--out",
@@ -182,7 +160,7 @@ def test_eval_report_matches_a_recomputation_and_score_cli(trained, tree, refere
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     files, attacks, labels, scores = read_score_file(out / "scores.txt")
-    eval_utts = load_split(tree, "eval")
+    eval_utts = load_split(small_corpus, "eval")
     assert files == [u.file for u in eval_utts]
     assert set(attacks) == {"-", "A03", "A04", "A05"}
     is_bona = np.array(labels) == "bonafide"
@@ -234,9 +212,9 @@ def test_eval_report_matches_a_recomputation_and_score_cli(trained, tree, refere
     assert np.allclose(first, scores, atol=1e-5)
 
 
-def test_explain_writes_attention_heatmaps(trained, tree):
+def test_explain_writes_attention_heatmaps(trained, small_corpus):
     out = trained["out"] / "explain"
-    clip = load_split(tree, "eval")[0].path
+    clip = load_split(small_corpus, "eval")[0].path
     argv = ["explain", str(clip), "--bundle", str(trained["bundle"]), "--out", str(out)]
     assert run_cli(argv) == 0
     for name in ("overview.png", "gat_spectral.png", "gat_temporal.png", "hsgal.png"):
@@ -249,16 +227,16 @@ def test_explain_writes_attention_heatmaps(trained, tree):
     assert info["verdict"] in ("bonafide", "spoof") and len(info["spectral_nodes_hz"]) == 8
 
 
-def test_explain_refuses_other_architectures(tmp_path, tree):
+def test_explain_refuses_other_architectures(tmp_path, small_corpus):
     from voicescreen.train.explain import ExplainError, explain
 
     recipe = load_recipe("lfcc-gmm", overrides={"model": {"n_components": 2}})
-    result = train(recipe, tree, tmp_path / "gmm", export=tmp_path / "b", progress=False)
+    result = train(recipe, small_corpus, tmp_path / "gmm", export=tmp_path / "b", progress=False)
     with pytest.raises(ExplainError, match="AASIST"):
-        explain(load_split(tree, "eval")[0].path, result.bundle, tmp_path / "x")
+        explain(load_split(small_corpus, "eval")[0].path, result.bundle, tmp_path / "x")
 
 
-def test_resume_reproduces_the_uninterrupted_run(tree, tmp_path):
+def test_resume_reproduces_the_uninterrupted_run(small_corpus, tmp_path):
     recipe = load_recipe(
         "aasist-l",
         overrides={
@@ -270,14 +248,14 @@ def test_resume_reproduces_the_uninterrupted_run(tree, tmp_path):
             "freq_aug": True,
         },
     )
-    whole = train(recipe, tree, tmp_path / "whole", progress=False)
+    whole = train(recipe, small_corpus, tmp_path / "whole", progress=False)
     assert whole.finished and whole.epochs_done == 2
 
-    part = train(recipe, tree, tmp_path / "part", stop_after=1, progress=False)
+    part = train(recipe, small_corpus, tmp_path / "part", stop_after=1, progress=False)
     assert not part.finished and part.epochs_done == 1
     with pytest.raises(TrainError, match="lr"):
-        train(recipe.override({"lr": 1e-3}), tree, tmp_path / "part", resume=True)
-    resumed = train(recipe, tree, tmp_path / "part", resume=True, progress=False)
+        train(recipe.override({"lr": 1e-3}), small_corpus, tmp_path / "part", resume=True)
+    resumed = train(recipe, small_corpus, tmp_path / "part", resume=True, progress=False)
     assert resumed.finished and resumed.epochs_done == 2
 
     a, b = whole.model.state_dict(), resumed.model.state_dict()

@@ -76,6 +76,12 @@ class Recipe:
     eval_every: int = 1  # dev loss/accuracy/EER every N epochs (0: only at export)
     # Dev channels whose pooled scores set the exported threshold (the product's channel).
     calibration: tuple[str, ...] = ("clean",)
+    # AASIST only: keep the front end and this many encoder blocks at their initial weights and
+    # train the rest on features cached once per window (train/frozen.py); 0: train it all.
+    frozen_blocks: int = 0
+    feature_copies: int = (
+        4  # cached windows per training clip with frozen_blocks (1 clean + augmented)
+    )
 
     def __post_init__(self) -> None:
         self.model = dict(self.model or {})
@@ -100,6 +106,10 @@ class Recipe:
             problems.append("epochs and batch_size must be >= 1")
         if self.subset is not None and self.subset < 2:
             problems.append("subset must be >= 2 (or absent for all clips)")
+        if self.frozen_blocks < 0 or self.feature_copies < 1:
+            problems.append("frozen_blocks must be >= 0 and feature_copies >= 1")
+        if self.frozen_blocks and get_architecture(self.architecture).cls != "AASIST":
+            problems.append("frozen_blocks works for the AASIST family only")
         bad = [c for c in self.calibration if c not in CHANNELS]
         if bad or not self.calibration:
             problems.append(f"calibration channels must be among {list(CHANNELS)}, got {bad}")

@@ -325,6 +325,25 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return state
 
 
+def restore_checkpoint(
+    out: Path, recipe: Recipe, model: nn.Module, optimizer: Any, scaler: Any
+) -> tuple[list[dict], int, int]:
+    """Load ``out/checkpoint.pt`` into the model, optimiser (and AMP scaler) after checking the
+    recipe is the one it was saved with; returns (history, next epoch, step)."""
+    state = load_checkpoint(out / "checkpoint.pt")
+    now = json.loads(json.dumps(recipe.to_dict()))
+    saved = json.loads(json.dumps(Recipe.from_dict(state["recipe"]).to_dict()))
+    diff = sorted(k for k in now if k not in RESUME_MAY_CHANGE and saved.get(k) != now[k])
+    if diff:
+        raise TrainError(f"cannot resume: the recipe differs from the checkpoint's in {diff}")
+    model.load_state_dict(state["model"], strict=True)
+    optimizer.load_state_dict(state["optimizer"])
+    if state["scaler"] and scaler is not None:
+        scaler.load_state_dict(state["scaler"])
+    log.info("resumed from epoch %d (step %d)", state["epoch"], state["step"])
+    return state["history"], int(state["epoch"]) + 1, int(state["step"])
+
+
 # --- training ----------------------------------------------------------------------------------
 
 
@@ -442,6 +461,12 @@ def train(
 
     if recipe.is_gmm:
         result = _train_gmm(recipe, train_utts, out)
+    elif recipe.frozen_blocks:
+        from voicescreen.train.frozen import train_frozen
+
+        result = train_frozen(
+            recipe, train_utts, dev_utts, out, resume, stop_after, device, progress
+        )
     else:
         result = _train_torch(
             recipe, train_utts, dev_utts, out, resume, stop_after, device, progress
@@ -536,19 +561,9 @@ def _train_torch(
     history: list[dict] = []
     start_epoch, step = 1, 0
     if resume:
-        state = load_checkpoint(out / "checkpoint.pt")
-        now = json.loads(json.dumps(recipe.to_dict()))
-        saved = json.loads(json.dumps(Recipe.from_dict(state["recipe"]).to_dict()))
-        diff = sorted(k for k in now if k not in RESUME_MAY_CHANGE and saved.get(k) != now[k])
-        if diff:
-            raise TrainError(f"cannot resume: the recipe differs from the checkpoint's in {diff}")
-        model.load_state_dict(state["model"], strict=True)
-        optimizer.load_state_dict(state["optimizer"])
-        if state["scaler"] and use_amp:
-            scaler.load_state_dict(state["scaler"])
-        history = state["history"]
-        start_epoch, step = int(state["epoch"]) + 1, int(state["step"])
-        log.info("resumed from epoch %d (step %d)", state["epoch"], step)
+        history, start_epoch, step = restore_checkpoint(
+            out, recipe, model, optimizer, scaler if use_amp else None
+        )
 
     last = recipe.epochs if stop_after is None else min(recipe.epochs, stop_after)
     for epoch in range(start_epoch, last + 1):
@@ -646,16 +661,16 @@ def calibrate(
     logistic-regression scale (so that ``scale * (score - threshold)`` reads as a log-odds).
 
     Returns (threshold, scale, scores per channel)."""
-    import torch
+    from voicescreen.models.bundle import export_onnx
+    from voicescreen.models.runtime import OnnxRuntime
 
-    from voicescreen.models.bundle import score_from_logits
-
+    # Scored by ONNX Runtime on the graph the bundle will hold (what serving runs, and several
+    # times faster than eager PyTorch on CPU).
     convention = get_architecture(architecture).score
-    model = model.eval()
+    runtime = OnnxRuntime(export_onnx(model.eval(), convention, samples), samples, name="calibrate")
 
     def run(x: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            return score_from_logits(model(torch.from_numpy(x)), convention).numpy()
+        return runtime(x)[1]
 
     per_channel = {
         ch: score_utterances(run, dev, samples, ch, progress=progress, desc=f"calibrate ({ch})")
@@ -775,5 +790,6 @@ __all__ = [
     "load_checkpoint",
     "load_init_weights",
     "resolve_init",
+    "restore_checkpoint",
     "train",
 ]

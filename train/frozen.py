@@ -1,0 +1,435 @@
+"""Fine-tune AASIST with its front end and first encoder blocks frozen, on cached features.
+
+Why: a forward pass of AASIST(-L) spends ~94 % of its arithmetic in the sinc front end and the
+first residual blocks, which run on the full-resolution (23 x 21490) map; the last blocks and
+the graph-attention head see a map 81x smaller in time. Fine-tuning from the official weights on
+a small corpus changes little in those first layers, so with ``frozen_blocks = k`` in the recipe:
+
+1. the front end and encoder blocks ``0 .. k-1`` keep their initial weights (BatchNorm statistics
+   included) and are run **once** per training window: ``feature_copies`` windows per clip, copy 0
+   the clip's random crop as it is, copies ``1 ..`` that crop through the recipe's ``augment``
+   (codecs, noise, RawBoost ...), each drawn with ``rng_for(seed, copy, index)`` exactly as the
+   full trainer draws epoch ``copy``;
+2. the features go to ``OUT/features/`` (float16 ``.npy``, memory-mapped, so a large corpus
+   need not fit in memory) under a key of everything that determines them (initial weights,
+   ``k``, clips, seed, augmentation), so ``--resume`` and later runs with other optimiser
+   settings reuse them;
+3. every epoch passes over all cached windows, shuffled, and trains blocks ``k ..`` and the head;
+   dev figures come from cached first windows of the dev split, clean and through every
+   calibration channel.
+
+The exported model is the whole network (frozen part unchanged), so a bundle trained this way is
+an ordinary bundle. On CPU the prefix runs in ONNX Runtime (about 10x PyTorch eager here), on
+CUDA in PyTorch. Only the AASIST family has this mode.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from voicescreen.audio import load_audio
+from voicescreen.models.registry import get_architecture
+from voicescreen.train.data import Utterance
+from voicescreen.train.evaluate import first_window
+from voicescreen.train.metrics import eer
+from voicescreen.train.recipes import Recipe
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+log = logging.getLogger(__name__)
+
+FEATURE_FORMAT = 1  # bump when the cached features' meaning changes
+PREFIX_BATCH = 8
+
+
+def check_frozen(recipe: Recipe, model: nn.Module) -> int:
+    """The number of frozen encoder blocks, validated against the model."""
+    k = recipe.frozen_blocks
+    if get_architecture(recipe.architecture).cls != "AASIST":
+        raise ValueError(f"frozen_blocks works for the AASIST family, not {recipe.architecture}")
+    n = len(model.encoder)
+    if not 0 < k < n:
+        raise ValueError(f"frozen_blocks must be between 1 and {n - 1} for {recipe.architecture}")
+    return k
+
+
+def prefix_module(model: nn.Module, k: int) -> nn.Module:
+    """(B, T) waveform -> the encoder's input to block ``k`` (the frozen part)."""
+    from torch import nn
+
+    class Prefix(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, x):
+            return self.model.encoder[:k](self.model.front_end(x))
+
+    return Prefix().eval()
+
+
+def head_logits(model: nn.Module, k: int, features: torch.Tensor) -> torch.Tensor:
+    """Logits from the frozen part's output: blocks ``k ..``, |.|, the graph-attention head."""
+    return model.readout(model.encoder[k:](features).abs())[1]
+
+
+def trainable_parameters(model: nn.Module, k: int) -> list[torch.nn.Parameter]:
+    """The parameters after the frozen part; the others get ``requires_grad = False``."""
+    frozen = {
+        id(p) for m in (model.conv_time, model.first_bn, model.encoder[:k]) for p in m.parameters()
+    }
+    out = []
+    for p in model.parameters():
+        p.requires_grad_(id(p) not in frozen)
+        if p.requires_grad:
+            out.append(p)
+    return out
+
+
+def prefix_runner(
+    model: nn.Module, k: int, samples: int, device: torch.device
+) -> Callable[[np.ndarray], np.ndarray]:
+    """A function (B, samples) float32 windows -> float16 features of the frozen part."""
+    import torch
+
+    prefix = prefix_module(model, k)
+    if device.type != "cpu":
+
+        def run_torch(x: np.ndarray) -> np.ndarray:
+            with torch.inference_mode():
+                f = prefix.to(device)(torch.from_numpy(x).to(device))
+            return f.to(torch.float16).cpu().numpy()
+
+        return run_torch
+
+    import io
+    import warnings
+
+    import onnxruntime as ort
+
+    example = torch.zeros(2, samples)
+    example[:, ::97] = 0.1
+    buf = io.BytesIO()
+    with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
+        warnings.simplefilter("ignore")  # the TorchScript exporter announces its deprecation
+        torch.onnx.export(
+            prefix,
+            (example,),
+            buf,
+            input_names=["waveform"],
+            output_names=["features"],
+            dynamic_axes={"waveform": {0: "batch"}, "features": {0: "batch"}},
+            opset_version=17,
+            dynamo=False,
+        )
+    options = ort.SessionOptions()
+    threads = torch.get_num_threads()
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(buf.getvalue(), options, providers=["CPUExecutionProvider"])
+
+    def run_onnx(x: np.ndarray) -> np.ndarray:
+        return session.run(None, {"waveform": np.ascontiguousarray(x, np.float32)})[0].astype(
+            np.float16
+        )
+
+    return run_onnx
+
+
+class FeatureCache:
+    """Cached frozen-part features of window sets, in ``folder`` as ``NAME.npy`` + ``NAME.json``."""
+
+    def __init__(
+        self, folder: Path, make_runner: Callable[[], Callable[[np.ndarray], np.ndarray]], key: dict
+    ) -> None:
+        self.folder = folder
+        self.make_runner = make_runner  # called on the first miss (an ONNX export on CPU)
+        self.run: Callable[[np.ndarray], np.ndarray] | None = None
+        self.key = key
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def get(
+        self,
+        name: str,
+        n: int,
+        window: Callable[[int], np.ndarray],
+        *,
+        progress: bool = False,
+        extra: dict | None = None,
+    ) -> np.ndarray:
+        """The features of windows ``window(0) .. window(n-1)``, computed unless cached under
+        the same key; a read-only memory map."""
+        from tqdm import tqdm
+
+        key = {**self.key, **(extra or {}), "name": name, "n": n}
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+        path, meta = self.folder / f"{name}.npy", self.folder / f"{name}.json"
+        if path.exists() and meta.exists():
+            try:
+                if json.loads(meta.read_text()).get("digest") == digest:
+                    log.info("features %s: cached (%s)", name, path)
+                    return np.load(path, mmap_mode="r")
+            except (OSError, ValueError):
+                pass
+        t0 = time.time()
+        meta.unlink(missing_ok=True)
+        if self.run is None:
+            self.run = self.make_runner()
+        out = None
+        with tqdm(total=n, desc=f"features {name}", unit="win", disable=not progress) as bar:
+            for start in range(0, n, PREFIX_BATCH):
+                idx = range(start, min(n, start + PREFIX_BATCH))
+                f = self.run(np.stack([window(i) for i in idx]))
+                if out is None:
+                    out = np.lib.format.open_memmap(
+                        path, mode="w+", dtype=np.float16, shape=(n, *f.shape[1:])
+                    )
+                out[start : start + len(idx)] = f
+                bar.update(len(idx))
+        if out is None:
+            raise ValueError(f"features {name}: no windows")
+        out.flush()
+        del out
+        meta.write_text(json.dumps({"digest": digest, "key": key}, indent=2) + "\n")
+        log.info("features %s: %d windows in %.0f s", name, n, time.time() - t0)
+        return np.load(path, mmap_mode="r")
+
+
+def _batches(features: np.ndarray, order: np.ndarray, size: int):
+    for i in range(0, len(order), size):
+        idx = np.sort(order[i : i + size])
+        yield idx, np.asarray(features[idx], dtype=np.float32)
+
+
+def head_scores(model: nn.Module, k: int, features: np.ndarray, batch: int = 64) -> np.ndarray:
+    """(N, 2) logits of cached features, in eval mode."""
+    import torch
+
+    model.eval()
+    out = []
+    with torch.inference_mode():
+        for _, f in _batches(features, np.arange(len(features)), batch):
+            out.append(head_logits(model, k, torch.from_numpy(f)).float())
+    return torch.cat(out).numpy()
+
+
+def train_frozen(
+    recipe: Recipe,
+    train_utts: Sequence[Utterance],
+    dev_utts: Sequence[Utterance],
+    out: Path,
+    resume: bool,
+    stop_after: int | None,
+    device_name: str | None,
+    progress: bool,
+):
+    """The ``frozen_blocks`` training loop; returns a ``TrainResult`` like the full trainer."""
+    import torch
+    from tqdm import tqdm
+
+    from voicescreen.train import trainer as T
+
+    device = T.resolve_device(device_name)
+    if recipe.threads:
+        torch.set_num_threads(recipe.threads)
+    T.set_deterministic(recipe.deterministic, device)
+    arch = get_architecture(recipe.architecture)
+    samples = arch.input_samples(recipe.model_config())
+    model, origin = T.build_model(recipe, device)
+    k = check_frozen(recipe, model)
+    params = trainable_parameters(model, k)
+    log.info(
+        "frozen: front end + %d encoder blocks; training %d of %d parameters",
+        k,
+        sum(p.numel() for p in params),
+        sum(p.numel() for p in model.parameters()),
+    )
+    optimizer = torch.optim.Adam(
+        params,
+        lr=recipe.lr,
+        betas=recipe.betas,
+        weight_decay=recipe.weight_decay,
+        amsgrad=recipe.amsgrad,
+    )
+    criterion = T._criterion(recipe, device)
+
+    # -- the cache ------------------------------------------------------------------------------
+    key = {
+        "format": FEATURE_FORMAT,
+        "architecture": recipe.architecture,
+        "model": recipe.model_config(),
+        "init": origin.get("init_sha256", f"random seed {recipe.seed}"),
+        "frozen_blocks": k,
+        "samples": samples,
+    }
+    cache = FeatureCache(out / "features", lambda: prefix_runner(model, k, samples, device), key)
+    clips = {
+        "files": T._files_digest(train_utts),
+        "seed": recipe.seed,
+        "crop": recipe.crop,
+    }
+    plain = T.ClipDataset(train_utts, samples, crop=recipe.crop, augment=None, seed=recipe.seed)
+    augmented = T.ClipDataset(
+        train_utts, samples, crop=recipe.crop, augment=recipe.augment, seed=recipe.seed
+    )
+    copies = []
+    for c in range(recipe.feature_copies):
+        source = plain if c == 0 else augmented
+        source.set_epoch(c)
+        extra = {**clips, "copy": c}
+        if c > 0:
+            extra["augment"] = recipe.augment.to_dict()
+        copies.append(
+            cache.get(f"train-{c}", len(train_utts), source.window, progress=progress, extra=extra)
+        )
+    targets = torch.tensor([u.target for u in train_utts] * len(copies))
+    n_train = len(targets)
+
+    dev_targets = np.array([u.target for u in dev_utts])
+    dev_channels = list(dict.fromkeys(["clean", *recipe.calibration]))
+    dev_files = T._files_digest(dev_utts)
+    dev_features = {}
+    for ch in dev_channels:
+
+        def dev_window(i: int, ch: str = ch) -> np.ndarray:
+            return first_window(load_audio(dev_utts[i].path), samples, ch)
+
+        dev_features[ch] = cache.get(
+            f"dev-{ch}", len(dev_utts), dev_window, progress=progress, extra={"files": dev_files}
+        )
+
+    def gather(idx: np.ndarray) -> torch.Tensor:
+        n = len(train_utts)
+        return torch.from_numpy(
+            np.stack([np.asarray(copies[i // n][i % n], np.float32) for i in idx])
+        )
+
+    # -- resume ---------------------------------------------------------------------------------
+    steps_per_epoch = math.ceil(n_train / recipe.batch_size)
+    total_steps = steps_per_epoch * recipe.epochs
+    history, start_epoch, step = (
+        T.restore_checkpoint(out, recipe, model, optimizer, None) if resume else ([], 1, 0)
+    )
+
+    last = recipe.epochs if stop_after is None else min(recipe.epochs, stop_after)
+    for epoch in range(start_epoch, last + 1):
+        t0 = time.time()
+        torch.manual_seed(T._mix(recipe.seed, epoch, 2))  # dropout
+        order = np.random.default_rng(T._mix(recipe.seed, epoch, 1)).permutation(n_train)
+        model.train()
+        total_loss, total_correct, seen = 0.0, 0, 0
+        bar = tqdm(
+            range(0, n_train, recipe.batch_size),
+            desc=f"epoch {epoch}/{recipe.epochs}",
+            unit="batch",
+            disable=not progress,
+            dynamic_ncols=True,
+        )
+        for start in bar:
+            idx = order[start : start + recipe.batch_size]
+            x = gather(idx).to(device)
+            y = targets[idx].to(device)
+            lr = T.learning_rate(recipe, step, epoch, total_steps)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            logits = head_logits(model, k, x)
+            loss = criterion(logits.float(), y)
+            if not torch.isfinite(loss):
+                raise T.TrainError(f"epoch {epoch}, step {step}: the loss is {float(loss)}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if recipe.grad_clip:
+                torch.nn.utils.clip_grad_norm_(params, recipe.grad_clip)
+            optimizer.step()
+            step += 1
+            n = y.numel()
+            total_loss += float(loss.detach()) * n
+            total_correct += int((logits.argmax(dim=1) == y).sum())
+            seen += n
+            bar.set_postfix(
+                loss=f"{total_loss / seen:.4f}", acc=f"{total_correct / seen:.3f}", lr=f"{lr:.2e}"
+            )
+        bar.close()
+        row: dict[str, Any] = {
+            "epoch": epoch,
+            "step": step,
+            "lr": lr,
+            "train_loss": total_loss / seen,
+            "train_acc": total_correct / seen,
+        }
+        if recipe.eval_every and (epoch % recipe.eval_every == 0 or epoch == recipe.epochs):
+            row.update(_dev_figures(model, k, dev_features, dev_targets, criterion))
+        row["time_s"] = round(time.time() - t0, 2)
+        history.append(row)
+        path = T.save_checkpoint(
+            out,
+            epoch=epoch,
+            step=step,
+            model=model,
+            optimizer=optimizer,
+            scaler=None,
+            recipe=recipe,
+            history=history,
+        )
+        log.info("epoch %d: %s (checkpoint %s)", epoch, T._fmt_row(row), path)
+
+    for p in model.parameters():
+        p.requires_grad_(True)
+    done = history[-1]["epoch"] if history else 0
+    origin = {**origin, "frozen_blocks": str(k)}
+    return T.TrainResult(
+        out, recipe, model.cpu().eval(), history, done, done >= recipe.epochs, origin=origin
+    )
+
+
+def _dev_figures(
+    model: nn.Module,
+    k: int,
+    features: dict[str, np.ndarray],
+    targets: np.ndarray,
+    criterion,
+) -> dict[str, float]:
+    """Dev loss/accuracy/EER on the clean first windows (as the full trainer), plus the EER
+    of each other channel and of all channels pooled (what calibration will see)."""
+    import torch
+
+    is_bona = targets == 1
+    row: dict[str, float] = {}
+    pooled = []
+    for ch, f in features.items():
+        logits = head_scores(model, k, f)
+        score = logits[:, 1] - logits[:, 0]
+        pooled.append(score)
+        if ch == "clean":
+            row["dev_loss"] = float(criterion(torch.from_numpy(logits), torch.from_numpy(targets)))
+            row["dev_acc"] = float((logits.argmax(axis=1) == targets).mean())
+            row["dev_eer"] = eer(score[is_bona], score[~is_bona])[0]
+        else:
+            row[f"dev_eer_{ch}"] = eer(score[is_bona], score[~is_bona])[0]
+    if len(pooled) > 1:
+        s = np.concatenate(pooled)
+        b = np.concatenate([is_bona] * len(pooled))
+        row["dev_eer_pooled"] = eer(s[b], s[~b])[0]
+    return row
+
+
+__all__ = [
+    "FeatureCache",
+    "check_frozen",
+    "head_logits",
+    "head_scores",
+    "prefix_module",
+    "prefix_runner",
+    "train_frozen",
+    "trainable_parameters",
+]
