@@ -101,6 +101,18 @@ def test_pyav_codec_round_trips_are_aligned(speech, codec, min_snr):
     assert snr_db(band, y) > min_snr  # a misaligned round trip would be ~0 dB or below
 
 
+def test_gsm_and_mobile_channels(speech):
+    y = channel(speech, "gsm")
+    assert y.shape == speech.shape and y.dtype == np.float32 and not np.array_equal(y, speech)
+    narrow = resample(resample(speech, 16000, 8000), 8000, 16000)[: speech.size]
+    assert snr_db(narrow, y) > 8  # GSM full rate is crude (~16 dB here), but time-aligned
+    assert snr_db(narrow, np.roll(y, 40)) < snr_db(narrow, y) - 2
+    mobile = channel(speech, "mobile")
+    np.testing.assert_array_equal(mobile, telephone(y, "mulaw"))
+    spectrum = np.abs(np.fft.rfft(mobile)) ** 2
+    assert spectrum[int(spectrum.size * 4200 / 8000) :].sum() < 1e-4 * spectrum.sum()
+
+
 def test_channel_names(speech):
     assert np.array_equal(channel(speech, "clean"), speech)
     with pytest.raises(ValueError, match="unknown channel"):

@@ -419,17 +419,41 @@ def codec_round_trip(
     return _fit_length(resample(y, spec.rate, rate), x.size)
 
 
-CHANNELS = ("clean", "mulaw", "alaw", *AV_CODECS)
+def gsm_round_trip(x: np.ndarray, rate: int = SAMPLE_RATE) -> np.ndarray:
+    """``x`` (at ``rate``) through GSM 06.10 full rate (libsndfile's encoder, via soundfile) at
+    8 kHz and back; time-aligned (the codec adds no delay), same length."""
+    import io
+
+    import soundfile as sf
+
+    x = np.asarray(x, dtype=np.float32)
+    narrow = resample(x, rate, TELEPHONE_RATE)
+    buf = io.BytesIO()
+    sf.write(buf, np.clip(narrow, -1.0, 1.0), TELEPHONE_RATE, format="WAV", subtype="GSM610")
+    buf.seek(0)
+    y, _ = sf.read(buf, dtype="float32")
+    return _fit_length(resample(_fit_length(y, narrow.size), TELEPHONE_RATE, rate), x.size)
+
+
+# A mobile call reaching a fixed-line tap: GSM 06.10 on the radio leg, then G.711 mu-law at 8 kHz
+# on the trunk.
+MOBILE = "mobile"
+CHANNELS = ("clean", "mulaw", "alaw", *AV_CODECS, "gsm", MOBILE)
 
 
 def channel(
     x: np.ndarray, name: str, rng: np.random.Generator | None = None, bit_rate: int | None = None
 ) -> np.ndarray:
     """``x`` through the named channel: ``clean`` (unchanged), ``mulaw``/``alaw`` (8 kHz G.711
-    telephone), or a PyAV codec (``opus``, ``g722``, ``amr-nb``) at ``bit_rate`` (drawn from the
-    codec's rates with ``rng`` when given, else its middle rate)."""
+    telephone), a PyAV codec (``opus``, ``g722``, ``amr-nb``) at ``bit_rate`` (drawn from the
+    codec's rates with ``rng`` when given, else its middle rate), ``gsm`` (GSM 06.10 full rate at
+    8 kHz), or ``mobile`` (GSM 06.10, then the mu-law telephone channel)."""
     if name == "clean":
         return np.asarray(x, dtype=np.float32)
+    if name == "gsm":
+        return gsm_round_trip(x)
+    if name == MOBILE:
+        return telephone(gsm_round_trip(x), "mulaw")
     if name in ("mulaw", "alaw"):
         return telephone(x, name)
     if name in AV_CODECS:
@@ -577,6 +601,7 @@ __all__ = [
     "codec_round_trip",
     "coloured_noise",
     "g711_round_trip",
+    "gsm_round_trip",
     "rawboost",
     "rawboost_isd",
     "rawboost_lnl",
