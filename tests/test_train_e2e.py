@@ -20,7 +20,7 @@ import torch
 
 from voicescreen.models.bundle import load_bundle
 from voicescreen.train.commands import add_parsers
-from voicescreen.train.data import load_split
+from voicescreen.train.data import ProtocolError, load_split
 from voicescreen.train.evaluate import read_score_file
 from voicescreen.train.metrics import eer, min_tdcf, rates_at, read_asv_scores
 from voicescreen.train.recipes import load_recipe
@@ -287,3 +287,25 @@ def test_lfcc_gmm_recipe_beats_chance_on_dev(data_dir, tmp_path):
         "speakers": card["training"]["data"]["train"]["speakers"],
     }
     assert card["metrics"]["dev"]["clean"]["min_tdcf"] is not None  # ASV scores found beside
+
+
+def test_extra_train_corpora_join_the_train_split(small_corpus, tmp_path):
+    """A second corpus's train split is added whole (after the main split's subset) and the
+    bundle card says so."""
+    recipe = load_recipe(
+        "lfcc-gmm",
+        overrides={"subset": 4, "extra_train": [str(small_corpus)], "model": {"n_components": 2}},
+    )
+    result = train(recipe, small_corpus, tmp_path / "g", export=tmp_path / "b", progress=False)
+    data = load_bundle(result.bundle).card["training"]["data"]
+    assert data["train"]["clips"] == 4 + 6
+    assert data["extra_train"] == [
+        {"root": str(small_corpus), "clips": 6, "bonafide": 3, "spoof": 3,
+         "attacks": {"A01": 1, "A02": 1, "A03": 1}, "speakers": data["extra_train"][0]["speakers"]}
+    ]  # fmt: skip
+    with pytest.raises(ProtocolError, match="nowhere: no train protocol"):
+        train(
+            recipe.override({"extra_train": [str(tmp_path / "nowhere")]}),
+            small_corpus,
+            tmp_path / "x",
+        )

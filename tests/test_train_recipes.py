@@ -119,6 +119,10 @@ def test_cli_flags_reach_the_recipe():
             "--subset",
             "100",
             "--per-attack",
+            "--extra-train",
+            "X1",
+            "--extra-train",
+            "X2",
             "--class-weights",
             "0.1",
             "0.9",
@@ -136,6 +140,7 @@ def test_cli_flags_reach_the_recipe():
     assert r.architecture == "rawnet2-clova"
     assert (r.epochs, r.batch_size, r.lr, r.subset, r.per_attack) == (1, 2, 0.001, 100, True)
     assert r.class_weights == (0.1, 0.9) and r.calibration == ("clean", "mulaw")
+    assert r.extra_train == ("X1", "X2")
     assert r.augment.rawboost.p == 1.0 and r.model == {"gru_node": 16} and r.init is None
     assert args.func.__name__ == "cmd_train"
     assert _parse(["eval", "--data-root", "D", "--out", "O"]).func.__name__ == "cmd_eval"

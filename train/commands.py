@@ -48,6 +48,8 @@ def recipe_from_args(args: argparse.Namespace):
     overrides.update({k: v for k, v in flags.items() if v is not None})
     if args.per_attack:
         overrides["per_attack"] = True
+    if args.extra_train:
+        overrides["extra_train"] = list(args.extra_train)
     if args.class_weights is not None:
         overrides["class_weights"] = args.class_weights
     if args.no_amp:
@@ -199,6 +201,12 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--seed", type=int)
     s.add_argument("--subset", type=int, help="seeded class-balanced subset of the train split")
     s.add_argument("--per-attack", action="store_true", help="balance the subset's attacks")
+    s.add_argument(
+        "--extra-train",
+        action="append",
+        metavar="DIR",
+        help="another corpus (same layout) whose whole train split is added; repeatable",
+    )
     s.add_argument(
         "--class-weights",
         type=float,

@@ -66,6 +66,9 @@ class Recipe:
     init: str | None = None
     subset: int | None = None  # seeded class-balanced subset of the train split (None: all)
     per_attack: bool = False  # spread the subset's spoofs evenly over the attacks
+    # More corpora in the same layout whose whole train split joins the (subset of the) main one,
+    # e.g. the one scripts/make_extra_data.py builds.
+    extra_train: tuple[str, ...] = ()
     seed: int = 1234
     augment: Augment = field(default_factory=Augment)
     amp: bool = True  # mixed precision (float16 autocast + grad scaling) on CUDA
@@ -95,6 +98,7 @@ class Recipe:
             if len(self.class_weights) != 2:
                 raise ValueError("class_weights needs two values: (spoof, bona fide)")
         self.calibration = tuple(self.calibration)
+        self.extra_train = tuple(str(p) for p in self.extra_train)
         problems = []
         if self.architecture not in ARCHITECTURES:
             problems.append(f"unknown architecture {self.architecture!r}")

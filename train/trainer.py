@@ -445,6 +445,9 @@ def train(
 
     all_train = load_split(data_root, "train")
     train_utts = balanced_subset(all_train, recipe.subset, recipe.seed, recipe.per_attack)
+    extra = {root: load_split(root, "train") for root in recipe.extra_train}
+    for utts in extra.values():
+        train_utts += utts
     dev_utts = load_split(data_root, "dev")
     log.info("train: %s", describe(train_utts))
     data_card = {
@@ -452,6 +455,7 @@ def train(
         "corpus": "ASVspoof 2019 LA" if is_asvspoof2019(data_root, "train") else "custom",
         "train": describe(train_utts),
         "train_split_clips": len(all_train),
+        "extra_train": [{"root": str(root), **describe(u)} for root, u in extra.items()],
         "subset": recipe.subset,
         "per_attack": recipe.per_attack,
         "seed": recipe.seed,
