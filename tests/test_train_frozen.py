@@ -15,6 +15,7 @@ import torch
 from voicescreen.audio import pad_repeat
 from voicescreen.models.bundle import load_bundle
 from voicescreen.train import frozen
+from voicescreen.train.data import load_split
 from voicescreen.train.recipes import load_recipe
 from voicescreen.train.trainer import build_model, train
 
@@ -74,7 +75,8 @@ def test_frozen_training_keeps_the_prefix_and_exports_a_whole_bundle(small_corpu
     # 6 train clips x 2 copies, batches of 4
     assert history[-1]["step"] == 2 * 3
     feats = sorted(p.name for p in (tmp_path / "run" / "features").glob("*.npy"))
-    assert feats == ["dev-clean.npy", "dev-mulaw.npy", "train-0.npy", "train-1.npy"]
+    assert feats[:2] == ["dev-clean.npy", "dev-mulaw.npy"] and len(feats) == 4
+    assert [f[-6:] for f in feats[2:]] == ["-0.npy", "-1.npy"]  # train-<corpus>-<copy>
 
     bundle = load_bundle(result.bundle)
     assert bundle.card["provenance"]["frozen_blocks"] == "3"
@@ -89,6 +91,14 @@ def test_frozen_training_keeps_the_prefix_and_exports_a_whole_bundle(small_corpu
 def test_features_are_cached_and_recomputed_when_their_inputs_change(
     small_corpus, tmp_path, monkeypatch
 ):
+    extra_corpus = tmp_path / "extra"
+    (extra_corpus / "flac").mkdir(parents=True)
+    (extra_corpus / "protocols").mkdir()
+    lines = []
+    for u in load_split(small_corpus, "eval")[:2]:  # any two other clips
+        (extra_corpus / "flac" / u.path.name).symlink_to(u.path.resolve())
+        lines.append(f"{u.speaker} {u.file} - {u.attack} {u.label}")
+    (extra_corpus / "protocols" / "X.cm.train.trn.txt").write_text("\n".join(lines) + "\n")
     calls = []
     real = frozen.prefix_runner
 
@@ -111,8 +121,12 @@ def test_features_are_cached_and_recomputed_when_their_inputs_change(
     other = recipe.override({"augment": {"preset": "telephone"}})
     train(other, small_corpus, tmp_path / "run", progress=False)
     assert sum(calls) == 6
-    meta = json.loads((tmp_path / "run" / "features" / "train-1.json").read_text())
-    assert meta["key"]["augment"]["codec"]["codecs"] == ["mulaw"]
+    (meta_path,) = (tmp_path / "run" / "features").glob("train-*-1.json")
+    assert json.loads(meta_path.read_text())["key"]["augment"]["codec"]["codecs"] == ["mulaw"]
+    # another corpus joins: only its windows are computed, the first corpus's stay cached
+    calls.clear()
+    train(other.override({"extra_train": [str(extra_corpus)]}), small_corpus, tmp_path / "run")
+    assert sum(calls) == 2 * 2  # its 2 clips x 2 copies
 
 
 def test_resume_reproduces_the_uninterrupted_frozen_run(small_corpus, tmp_path):

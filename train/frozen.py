@@ -273,26 +273,41 @@ def train_frozen(
         "samples": samples,
     }
     cache = FeatureCache(out / "features", lambda: prefix_runner(model, k, samples, device), key)
-    clips = {
-        "files": T._files_digest(train_utts),
-        "seed": recipe.seed,
-        "crop": recipe.crop,
-    }
     plain = T.ClipDataset(train_utts, samples, crop=recipe.crop, augment=None, seed=recipe.seed)
     augmented = T.ClipDataset(
         train_utts, samples, crop=recipe.crop, augment=recipe.augment, seed=recipe.seed
     )
-    copies = []
-    for c in range(recipe.feature_copies):
-        source = plain if c == 0 else augmented
-        source.set_epoch(c)
-        extra = {**clips, "copy": c}
-        if c > 0:
-            extra["augment"] = recipe.augment.to_dict()
-        copies.append(
-            cache.get(f"train-{c}", len(train_utts), source.window, progress=progress, extra=extra)
-        )
-    targets = torch.tensor([u.target for u in train_utts] * len(copies))
+    # One cached set per corpus folder and copy, so that adding a corpus (--extra-train) leaves
+    # the others' features valid. Clip i of the whole list keeps its rng_for(seed, copy, i).
+    groups: dict[str, list[int]] = {}
+    for i, u in enumerate(train_utts):
+        groups.setdefault(str(u.path.parent.resolve()), []).append(i)
+    where = np.zeros((len(train_utts), 2), dtype=np.int64)  # (group, position) of each clip
+    copies: list[list[np.ndarray]] = [[] for _ in range(recipe.feature_copies)]
+    for g, (folder, idx) in enumerate(groups.items()):
+        where[idx, 0], where[idx, 1] = g, np.arange(len(idx))
+        tag = hashlib.sha256(folder.encode()).hexdigest()[:8]
+        members = [train_utts[i] for i in idx]
+        clips = {
+            "files": hashlib.sha256("\n".join(u.file for u in members).encode()).hexdigest(),
+            "indices": hashlib.sha256(np.asarray(idx).tobytes()).hexdigest()[:16],
+            "seed": recipe.seed,
+            "crop": recipe.crop,
+        }
+        for c in range(recipe.feature_copies):
+            source = plain if c == 0 else augmented
+            source.set_epoch(c)
+            extra = {**clips, "copy": c, "folder": folder}
+            if c > 0:
+                extra["augment"] = recipe.augment.to_dict()
+
+            def window(j: int, source=source, idx=idx) -> np.ndarray:
+                return source.window(idx[j])
+
+            copies[c].append(
+                cache.get(f"train-{tag}-{c}", len(idx), window, progress=progress, extra=extra)
+            )
+    targets = torch.tensor([u.target for u in train_utts] * recipe.feature_copies)
     n_train = len(targets)
 
     dev_targets = np.array([u.target for u in dev_utts])
@@ -308,11 +323,13 @@ def train_frozen(
             f"dev-{ch}", len(dev_utts), dev_window, progress=progress, extra={"files": dev_files}
         )
 
-    def gather(idx: np.ndarray) -> torch.Tensor:
+    def gather(order: np.ndarray) -> torch.Tensor:
         n = len(train_utts)
-        return torch.from_numpy(
-            np.stack([np.asarray(copies[i // n][i % n], np.float32) for i in idx])
-        )
+        rows = []
+        for i in order:
+            g, pos = where[i % n]
+            rows.append(np.asarray(copies[i // n][g][pos], np.float32))
+        return torch.from_numpy(np.stack(rows))
 
     # -- resume ---------------------------------------------------------------------------------
     steps_per_epoch = math.ceil(n_train / recipe.batch_size)
