@@ -8,8 +8,12 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from voicescreen.audio import HOP_SECONDS
+
+if TYPE_CHECKING:
+    from voicescreen.models.bundle import Bundle
 
 log = logging.getLogger("voicescreen")
 
@@ -152,6 +156,18 @@ def cmd_import_weights(args: argparse.Namespace) -> int:
 # --- voicescreen models ------------------------------------------------------------------------
 
 
+def parameter_count(bundle: Bundle) -> int | None:
+    """How many values the bundle's model learned: the card's trainable parameters, or, for a
+    model that has none (LFCC-GMM: its two mixtures' weights, means and variances and the feature
+    centre are buffers fitted by EM, not trained), the values in its weights file. None when the
+    card states no count and the model has no weights."""
+    stated = bundle.card.get("parameters")
+    if stated:
+        return int(stated)
+    fitted = sum(t.numel() for t in bundle.state_dict().values())
+    return fitted or None
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from voicescreen.models.bundle import BundleError, load_bundle
     from voicescreen.models.registry import ARCHITECTURES
@@ -167,7 +183,7 @@ def cmd_models(args: argparse.Namespace) -> int:
                     "name": name,
                     "path": str(path),
                     "architecture": b.architecture,
-                    "parameters": card.get("parameters"),
+                    "parameters": parameter_count(b),
                     "threshold": b.score.threshold,
                     "metrics": card.get("metrics", {}),
                 }
@@ -185,8 +201,9 @@ def cmd_models(args: argparse.Namespace) -> int:
         if "error" in r:
             print(f"  {r['name']:<24} BROKEN: {r['error']}")
         else:
+            params = "n/a" if r["parameters"] is None else f"{r['parameters']:,}"
             print(
-                f"  {r['name']:<24} {r['architecture']:<14} {r['parameters'] or 0:>10,} params  "
+                f"  {r['name']:<24} {r['architecture']:<14} {params:>10} params  "
                 f"threshold {r['threshold']:+.3f}  {r['path']}"
             )
     print("\nArchitectures:")
@@ -234,10 +251,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_models)
 
     from voicescreen.monitor import add_parsers as add_monitor_parsers
+    from voicescreen.scale import add_parsers as add_scale_parsers
     from voicescreen.train.commands import add_parsers as add_train_parsers
     from voicescreen.web.commands import add_parsers as add_web_parsers
 
     add_web_parsers(sub)
+    add_scale_parsers(sub)
     add_monitor_parsers(sub)
     add_train_parsers(sub)
     return p

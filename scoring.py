@@ -55,10 +55,14 @@ class FileScore:
 class Scorer:
     """Scores signals and files with one bundle through one runtime."""
 
-    def __init__(self, bundle: Bundle, backend: str = "onnx", **runtime_options) -> None:
+    def __init__(
+        self, bundle: Bundle, backend: str = "onnx", runtime=None, **runtime_options
+    ) -> None:
+        """``runtime``: score with this one (a remote backend's, say) instead of making the
+        bundle's ``backend`` runtime with ``runtime_options``."""
         self.bundle = bundle
         self.spec = bundle.score
-        self.runtime = bundle.runtime(backend, **runtime_options)
+        self.runtime = runtime or bundle.runtime(backend, **runtime_options)
 
     def score_windows(self, windows: np.ndarray) -> np.ndarray:
         """Raw scores of (N, input_samples) windows, computed in batches."""

@@ -85,7 +85,7 @@ class OnnxRuntime:
         log.info("%s: onnxruntime on %s", name, ", ".join(self.providers))
 
     def __call__(self, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        x = _check_batch(windows, self.input_samples)
+        x = check_batch(windows, self.input_samples)
         logits, score = self.session.run(["logits", "score"], {"waveform": x})
         return logits, score
 
@@ -121,14 +121,14 @@ class TorchRuntime:
     def __call__(self, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         import torch
 
-        x = torch.from_numpy(_check_batch(windows, self.input_samples)).to(self.device)
+        x = torch.from_numpy(check_batch(windows, self.input_samples)).to(self.device)
         with torch.inference_mode():
             logits = self.model(x)
             score = self._score(logits)
         return logits.float().cpu().numpy(), score.float().cpu().numpy()
 
 
-def _check_batch(windows: np.ndarray, input_samples: int) -> np.ndarray:
+def check_batch(windows: np.ndarray, input_samples: int) -> np.ndarray:
     x = np.ascontiguousarray(windows, dtype=np.float32)
     if x.ndim != 2 or x.shape[1] != input_samples or x.shape[0] == 0:
         raise ValueError(f"expected windows of shape (B>0, {input_samples}), got {x.shape}")

@@ -13,9 +13,14 @@ and CPU use at that N.
     python scripts/bench_stream.py --bundle PATH [--bundle PATH2] [--backend onnx torch]
         [--seconds 20] [--max-streams 256] [--budget 900] [--no-write]
 
+``--backend ray`` scores on a Ray Serve deployment instead (a local Ray instance on loopback,
+``--replicas`` 1 2 ...: one row per replica count, batched only), in the same run as the in-process
+backends named beside it, e.g. ``--backend onnx ray --replicas 1 2 --modes batched``; the CPU
+column then shows this process (ingest) + the replicas' processes.
+
 Bounded in time: each trial lasts ``--seconds`` of stream time (and stops as soon as it fails), and
 the whole run stops searching when ``--budget`` seconds are spent. Writes the table into
-docs/benchmarks.md (section "stream") and prints it.
+docs/benchmarks.md (section "stream", or "stream-ray" when Ray is in the run) and prints it.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import resource
 import sys
 import time
@@ -32,8 +38,9 @@ from pathlib import Path
 
 import numpy as np
 from benchlib import machine, versions, write_section
+from conversations import conversation
 
-from voicescreen.audio import SAMPLE_RATE, load_audio
+from voicescreen.audio import SAMPLE_RATE
 from voicescreen.models.bundle import load_bundle
 from voicescreen.models.store import resolve_bundle
 from voicescreen.stream import (
@@ -47,21 +54,6 @@ from voicescreen.stream import (
 from voicescreen.stream.worker import percentile
 
 log = logging.getLogger("bench_stream")
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-
-
-def conversation(seconds: float, speech: float, seed: int) -> np.ndarray:
-    """``seconds`` of dev-split speech clips separated by silences, ``speech`` of it speech."""
-    proto = SHARED / "data" / "protocols" / "VS.cm.dev.trl.txt"
-    names = [r.split()[1] for r in proto.read_text().splitlines() if r.strip()]
-    rng = np.random.default_rng(seed)
-    parts, total = [], 0
-    while total < seconds * SAMPLE_RATE:
-        clip = load_audio(SHARED / "data" / "flac" / f"{names[rng.integers(len(names))]}.flac")
-        gap = int(clip.size * (1 - speech) / speech) if speech < 1 else 0
-        parts += [clip, np.zeros(gap, np.float32)]
-        total += clip.size + gap
-    return np.concatenate(parts)[: int(seconds * SAMPLE_RATE)]
 
 
 @dataclass
@@ -75,7 +67,8 @@ class Trial:
     failed: int = 0
     latencies: list[float] = field(default_factory=list)  # ms
     max_lag: float = 0.0  # s a feeder fell behind its schedule
-    cpu: float = 0.0  # cores busy on average
+    cpu: float = 0.0  # cores busy on average in this process (ingest, and the in-process model)
+    cpu_replicas: float = 0.0  # cores busy on average in the Ray replicas' processes
     wall: float = 0.0
     aborted: str = ""
 
@@ -89,12 +82,25 @@ class Trial:
         return percentile(self.latencies, p)
 
 
+def process_cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds of other processes (Ray replicas), from /proc."""
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
 async def run_trial(
     mode: str,
     n: int,
     make_worker,
     audio: list[bytes],
     args: argparse.Namespace,
+    replica_pids: list[int] = (),
 ) -> Trial:
     trial = Trial(mode, n)
     hop_ms = 1000 * args.hop
@@ -154,6 +160,7 @@ async def run_trial(
 
     loop = asyncio.get_running_loop()
     r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+    p0 = process_cpu_seconds(replica_pids)
     start = loop.time() + 0.05
     consumers = [asyncio.create_task(consume(s)) for s in sessions]
     await asyncio.gather(
@@ -162,22 +169,25 @@ async def run_trial(
     await asyncio.gather(*consumers)
     r1, trial.wall = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter() - t0
     trial.cpu = (r1.ru_utime - r0.ru_utime + r1.ru_stime - r0.ru_stime) / trial.wall
+    trial.cpu_replicas = (process_cpu_seconds(replica_pids) - p0) / trial.wall
     for w in {id(w): w for w in workers}.values():
         await w.close()
     return trial
 
 
-def largest_realtime(mode: str, make_worker, audio, args, deadline: float) -> tuple[Trial, list]:
+def largest_realtime(
+    mode: str, make_worker, audio, args, deadline: float, replica_pids: list[int] = ()
+) -> tuple[Trial, list]:
     """Double N until a trial fails (or time runs out), then bisect; the best passing trial."""
     tried: list[Trial] = []
     best: Trial | None = None
     lo, hi, n = 0, None, 1
     while time.monotonic() + args.seconds * 1.5 < deadline:
-        trial = asyncio.run(run_trial(mode, n, make_worker, audio, args))
+        trial = asyncio.run(run_trial(mode, n, make_worker, audio, args, replica_pids))
         tried.append(trial)
         ok = trial.ok(1000 * args.hop)
         log.info(
-            "  %s N=%d: %s (scored %d, shed %d, p99 %s ms, cpu %.2f cores%s)",
+            "  %s N=%d: %s (scored %d, shed %d, p99 %s ms, cpu %.2f + %.2f cores%s)",
             mode,
             n,
             "real time" if ok else "FAILS",
@@ -185,6 +195,7 @@ def largest_realtime(mode: str, make_worker, audio, args, deadline: float) -> tu
             trial.shed,
             _ms(trial.pct(0.99)),
             trial.cpu,
+            trial.cpu_replicas,
             f", {trial.aborted}" if trial.aborted else "",
         )
         if ok:
@@ -206,10 +217,49 @@ def _ms(v: float | None) -> str:
     return "-" if v is None else f"{v:.0f}"
 
 
+def _cpu(trial: Trial, backend: str) -> str:
+    if backend.startswith("ray"):
+        return f"{trial.cpu:.2f} + {trial.cpu_replicas:.2f}"
+    return f"{trial.cpu:.2f}"
+
+
+def ray_runtime(bundle, replicas: int, args: argparse.Namespace):
+    """``bundle`` deployed as ``replicas`` Ray Serve replicas on the local Ray instance (started
+    on first use), its runtime and the replicas' process ids."""
+    from voicescreen.stream import rayserve
+    from voicescreen.stream.backends import RayOptions
+
+    options = RayOptions(
+        address="local",
+        replicas=replicas,
+        cpus_per_replica=args.cpus_per_replica,
+        max_batch=args.replica_max_batch,
+    )
+    runtime = rayserve.open_ray({bundle.name: bundle}, options)[bundle.name]
+    handle = rayserve.serve.get_app_handle(rayserve.app_name(bundle.name))
+    pids: set[int] = set()
+    for _ in range(50 * replicas):
+        pids.add(rayserve.describe(handle)["pid"])
+        if len(pids) == replicas:
+            break
+    return runtime, sorted(pids)
+
+
+def load_average() -> str:
+    return " ".join(f"{v:.2f}" for v in os.getloadavg())
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--bundle", action="append", required=True, help="bundle path (repeatable)")
-    p.add_argument("--backend", nargs="+", default=["onnx", "torch"], choices=["onnx", "torch"])
+    p.add_argument(
+        "--backend", nargs="+", default=["onnx", "torch"], choices=["onnx", "torch", "ray"]
+    )
+    p.add_argument(
+        "--replicas", type=int, nargs="+", default=[1, 2], help="ray: replica counts to measure"
+    )
+    p.add_argument("--cpus-per-replica", type=float, default=1.0, help="ray: CPUs per replica")
+    p.add_argument("--replica-max-batch", type=int, default=64, help="ray: windows per call")
     p.add_argument("--providers", default=None, help="ONNX Runtime providers, e.g. cuda,cpu")
     p.add_argument(
         "--modes", nargs="+", default=["batched", "unbatched"], choices=["batched", "unbatched"]
@@ -225,6 +275,7 @@ def main() -> int:
     p.add_argument("--max-streams", type=int, default=256)
     p.add_argument("--budget", type=float, default=900.0, help="seconds for the whole run")
     p.add_argument("--no-write", action="store_true", help="print only")
+    p.add_argument("--section", help="docs/benchmarks.md section (default stream or stream-ray)")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     logging.getLogger("voicescreen").setLevel(logging.WARNING)
@@ -233,15 +284,24 @@ def main() -> int:
     audio = [
         np.round(np.clip(a, -1, 32767 / 32768) * 32768).astype("<i2").tobytes() for a in audio_f
     ]
-    configs = [
-        (b, backend, mode) for b in args.bundle for backend in args.backend for mode in args.modes
-    ]
+    configs = []
+    for b in args.bundle:
+        for backend in args.backend:
+            if backend == "ray":  # Serve batches: one row per replica count
+                configs += [(b, "ray", "batched", r) for r in args.replicas]
+            else:
+                configs += [(b, backend, mode, None) for mode in args.modes]
+    load_before = load_average()
     t_start = time.monotonic()
     rows = []
-    for i, (path, backend, mode) in enumerate(configs):
+    for i, (path, backend, mode, replicas) in enumerate(configs):
         bundle = load_bundle(resolve_bundle(path))
-        options = {"providers": args.providers} if backend == "onnx" and args.providers else {}
-        runtime = bundle.runtime(backend, **options)
+        pids: list[int] = []
+        if backend == "ray":
+            runtime, pids = ray_runtime(bundle, replicas, args)
+        else:
+            options = {"providers": args.providers} if backend == "onnx" and args.providers else {}
+            runtime = bundle.runtime(backend, **options)
         runtime(np.zeros((1, bundle.input_samples), np.float32))  # warm up
         batch = BatchOptions(args.max_batch, args.max_wait_ms, args.max_queue)
         if mode == "unbatched":
@@ -257,9 +317,13 @@ def main() -> int:
             )
 
         share = (args.budget - (time.monotonic() - t_start)) / (len(configs) - i)
-        log.info("%s / %s / %s (%.0f s of budget)", bundle.name, backend, mode, share)
-        best, tried = largest_realtime(mode, make_worker, audio, args, time.monotonic() + share)
-        rows.append((bundle.name, backend, " ".join(runtime.providers), mode, best, tried))
+        label = backend if replicas is None else f"ray x{replicas}"
+        log.info("%s / %s / %s (%.0f s of budget)", bundle.name, label, mode, share)
+        best, tried = largest_realtime(
+            mode, make_worker, audio, args, time.monotonic() + share, pids
+        )
+        rows.append((bundle.name, label, " ".join(runtime.providers), mode, best, tried))
+    load_after = load_average()
 
     lines = [
         f"Streams fed at real-time pace ({args.chunk_ms:g} ms PCM16 packets) from dev-split "
@@ -268,7 +332,8 @@ def main() -> int:
         f"ms; {args.seconds:g} s per trial. Real time = every window scored within one hop of "
         f"being complete, none shed. Latency: window complete -> score.",
         "",
-        f"Machine: {machine()}; {versions()}.",
+        f"Machine: {machine()}; {versions()}. Load average (1, 5, 15 min) before: "
+        f"{load_before}; after: {load_after}.",
         "",
         "| model | backend | runs on | scoring | real-time streams | windows scored/s "
         "| p50 ms | p95 ms | p99 ms | CPU cores | trials (N: ok?) |",
@@ -280,12 +345,13 @@ def main() -> int:
         lines.append(
             f"| {name} | {backend} | {providers} | {mode} | {best.streams} | {rate:.1f} | "
             f"{_ms(best.pct(0.5))} | {_ms(best.pct(0.95))} | {_ms(best.pct(0.99))} | "
-            f"{best.cpu:.2f} | {trials} |"
+            f"{_cpu(best, backend)} | {trials} |"
         )
     body = "\n".join(lines)
     command = "python scripts/bench_stream.py " + " ".join(sys.argv[1:])
+    section = args.section or ("stream-ray" if "ray" in args.backend else "stream")
     if not args.no_write:
-        write_section("stream", f"`{command}`\n\n{body}")
+        write_section(section, f"`{command}`\n\n{body}")
     print(body)
     return 0
 

@@ -2,8 +2,9 @@
 """Load test a running voicescreen server: N concurrent call-taps for M minutes at real-time pace.
 
 Each call-tap streams a conversation (dev-split clips of ../shared/data separated by silences,
-about half speech) over ``/v1/stream`` (PCM16, 16 kHz, 20 ms frames) or ``/v1/twilio`` (8 kHz
-mu-law, Twilio's messages), each from a different point of the conversation, started over a ramp.
+about half speech; ``--noise-dbfs`` puts low-level noise in the gaps) over ``/v1/stream`` (PCM16,
+16 kHz, 20 ms frames) or ``/v1/twilio`` (8 kHz mu-law, Twilio's messages), each from a different
+point of the conversation, started over a ramp.
 Reported per N:
 
 - windows cut, scored, without speech, **shed** (the server said it was overloaded) and **lost**
@@ -16,7 +17,7 @@ Reported per N:
   over time.
 
     python scripts/load_test.py --url ws://127.0.0.1:8000 --streams 4 8 16 --minutes 2
-        [--twilio] [--token TOKEN] [--ramp 5] [--write]
+        [--twilio] [--token TOKEN] [--ramp 5] [--noise-dbfs -60] [--write]
 
 Loopback only, and bounded: at most 512 streams and 30 minutes per N. ``--write`` puts the table
 into docs/benchmarks.md (section "load").
@@ -39,8 +40,9 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import numpy as np
+from conversations import conversation
 
-from voicescreen.audio import SAMPLE_RATE, load_audio
+from voicescreen.audio import SAMPLE_RATE
 from voicescreen.stream.codecs import encode_mulaw
 from voicescreen.stream.resample import resample
 from voicescreen.stream.worker import percentile
@@ -54,26 +56,11 @@ from voicescreen.web.twilio import (
 )
 
 log = logging.getLogger("load_test")
-SHARED = Path(__file__).resolve().parents[2] / "shared"
 MAX_STREAMS = 512
 MAX_MINUTES = 30.0
 FRAME_MS = 20
 METRICS_EVERY = 5.0  # seconds between /metrics samples
 WINDOW_SECONDS = 64600 / SAMPLE_RATE
-
-
-def conversation(seconds: float, speech: float = 0.5, seed: int = 0) -> np.ndarray:
-    """``seconds`` of dev clips separated by silences, ``speech`` of it speech, 16 kHz."""
-    proto = SHARED / "data" / "protocols" / "VS.cm.dev.trl.txt"
-    names = [r.split()[1] for r in proto.read_text().splitlines() if r.strip()]
-    rng = np.random.default_rng(seed)
-    parts, total = [], 0
-    while total < seconds * SAMPLE_RATE:
-        clip = load_audio(SHARED / "data" / "flac" / f"{names[rng.integers(len(names))]}.flac")
-        gap = np.zeros(int(clip.size * (1 - speech) / speech), np.float32)
-        parts += [clip, gap]
-        total += clip.size + gap.size
-    return np.concatenate(parts)[: int(seconds * SAMPLE_RATE)]
 
 
 def int16(x: np.ndarray) -> np.ndarray:
@@ -315,6 +302,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--twilio", action="store_true", help="Twilio Media Streams instead of PCM16")
     p.add_argument("--token", help="the server's bearer token")
     p.add_argument("--ramp", type=float, default=5.0, help="seconds over which streams start")
+    p.add_argument(
+        "--noise-dbfs",
+        type=float,
+        help="fill the gaps between clips with white noise at this RMS level (e.g. -60), "
+        "not digital silence",
+    )
     p.add_argument("--json", help="also write the raw results here")
     p.add_argument("--write", action="store_true", help="write docs/benchmarks.md (section load)")
     args = p.parse_args(argv)
@@ -327,7 +320,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--minutes must be in (0, {MAX_MINUTES:g}]")
 
     longest = max(args.streams)
-    audio = conversation(args.minutes * 60 + min(longest, 60) * 3.0, seed=0)
+    seconds = args.minutes * 60 + min(longest, 60) * 3.0
+    audio = conversation(seconds, seed=0, noise_dbfs=args.noise_dbfs)
     results = []
     for n in args.streams:
         log.info("N=%d: %g min per stream ...", n, args.minutes)

@@ -5,7 +5,9 @@ One module per step, data flowing one way::
     codecs (decode) -> resample -> vad -> windows -> worker (batch, score) -> smoothing -> events
 
 ``session.Session`` strings the steps together for one stream, transport-free: bytes or arrays in,
-events out. ``worker.InferenceWorker`` is shared by all streams of one model.
+events out. ``worker.InferenceWorker`` is shared by all streams of one model; the one call it makes
+to score a batch is the model in this process or replicas elsewhere (``backends``: Ray Serve in
+``rayserve``, Triton in ``triton``).
 """
 
 from voicescreen.stream.codecs import AudioFormat, DecodeError, decode

@@ -40,7 +40,7 @@ from voicescreen.stream.resample import Resampler
 from voicescreen.stream.smoothing import Smoother, SmoothingOptions, decide
 from voicescreen.stream.vad import VadOptions, VoiceGate
 from voicescreen.stream.windows import StreamWindow, Windower, WindowOptions
-from voicescreen.stream.worker import Result, Scorer, percentile
+from voicescreen.stream.worker import Overloaded, Result, Scorer, percentile
 
 log = logging.getLogger(__name__)
 
@@ -158,13 +158,15 @@ class Session:
         """The stream is over: cut its last windows; the summary follows their results."""
         if not self._input_open:
             return
-        self._input_open = False
-        self._reason = "end"
+        # Input stays open until the last windows are cut: with every earlier window already
+        # reported, closing it first would let the summary out before the tail window.
         self._ingest(self._resampler.flush())
         now = self._clock()
         for track in self._tracks:
             for w in track.windower.finish():
                 self._dispatch(track, w, now)
+        self._input_open = False
+        self._reason = "end"
         self._drain_all()
 
     def cancel(self) -> None:
@@ -217,6 +219,9 @@ class Session:
 
     def _resolved(self, track: _Track, slot: _Slot) -> None:
         slot.done_at = self._clock()
+        future = slot.future
+        if not future.cancelled() and isinstance(future.exception(), Overloaded):
+            slot.status = "shed"  # refused downstream (a remote runtime at capacity): as if shed
         self._drain(track)
         self._maybe_finish()
 

@@ -2,10 +2,19 @@
 
 Streams ``submit`` windows and await the returned futures. The worker's batching task, on the
 event loop, collects queued windows from all streams into one batch, up to ``max_batch`` windows
-or until the oldest has waited ``max_wait_ms``, whichever comes first, and runs the model in a
-thread of its own (ONNX Runtime and PyTorch release the GIL), so the event loop keeps serving
-streams meanwhile. Results come back in submission order. The queue is bounded: a window submitted
-to a full queue is shed at once (``submit`` returns None) and the stream reports it as overloaded.
+or until the oldest has waited ``max_wait_ms``, whichever comes first, and hands the batch to its
+runtime in a thread (ONNX Runtime and PyTorch release the GIL; a remote runtime waits on the
+network), so the event loop keeps serving streams meanwhile. Results come back in submission order.
+
+The runtime is the one pluggable part: any callable from (B, input_samples) windows to
+``(logits, score)`` — the bundle's ONNX Runtime or PyTorch model in this process, or a client of
+remote replicas (``voicescreen.stream.backends``: Ray Serve, Triton). A runtime with a
+``concurrency`` attribute gets that many batches in flight at once (one per replica, say); the
+in-process ones run one batch at a time. Queues, shedding and metrics are the same for all.
+
+The queue is bounded: a window submitted to a full queue is shed at once (``submit`` returns None)
+and the stream reports it as overloaded; a remote runtime that refuses a batch for want of capacity
+raises ``Overloaded``, and those windows are shed (and reported) the same way.
 
 A ``Cascade`` has the same interface: a cheap model scores every window and an expensive one
 re-scores only the windows whose cheap calibrated score lies within ``band`` of the threshold.
@@ -32,7 +41,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-Runtime = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]  # (B, samples) -> logits, score
+# (B, samples) windows -> (logits or None, score): the one call that differs between backends
+Runtime = Callable[[np.ndarray], tuple[np.ndarray | None, np.ndarray]]
 LATENCY_SAMPLES = 10_000  # recent latencies kept for percentiles
 
 
@@ -113,7 +123,8 @@ class _Item:
 
 
 class InferenceWorker:
-    """Batches windows from all streams into calls of one runtime, off the event loop."""
+    """Batches windows from all streams into calls of one runtime, off the event loop: at most
+    ``runtime.concurrency`` calls at once (1 when the runtime does not say)."""
 
     def __init__(
         self,
@@ -125,6 +136,7 @@ class InferenceWorker:
         options: BatchOptions | None = None,
     ) -> None:
         self.runtime = runtime
+        self.concurrency = max(1, int(getattr(runtime, "concurrency", 1)))
         self.name = name
         self.input_samples = input_samples
         self.score_spec = score
@@ -136,6 +148,8 @@ class InferenceWorker:
         self._wake: asyncio.Future | None = None  # set when the queue reaches _want windows
         self._want = 1
         self._executor: ThreadPoolExecutor | None = None
+        self._slots: asyncio.Semaphore | None = None  # model calls that may run at once
+        self._calls: set[asyncio.Task] = set()
         self._closed = False
 
     @classmethod
@@ -198,7 +212,10 @@ class InferenceWorker:
             self._queue.clear()  # futures of a closed loop can never be awaited
         self._loop = loop
         if self._executor is None:
-            self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"voicescreen-{self.name}")
+            self._executor = ThreadPoolExecutor(
+                self.concurrency, thread_name_prefix=f"voicescreen-{self.name}"
+            )
+        self._slots = asyncio.Semaphore(self.concurrency)
         self._task = loop.create_task(self._run(), name=f"voicescreen worker {self.name}")
 
     async def _wait_for(self, count: int, deadline: float | None) -> None:
@@ -229,14 +246,26 @@ class InferenceWorker:
         return batch
 
     async def _run(self) -> None:
-        loop = self._loop
         max_wait = self.options.max_wait_ms / 1000
+        slots = self._slots
         while True:
             await self._wait_for(1, None)
             await self._wait_for(self.options.max_batch, self._queue[0].submitted + max_wait)
+            await slots.acquire()  # while every call is busy, the queue fills (and sheds)
             batch = self._next_batch()
             if not batch:
+                slots.release()
                 continue
+            call = self._loop.create_task(
+                self._call(batch, slots), name=f"voicescreen {self.name} call"
+            )
+            self._calls.add(call)
+            call.add_done_callback(self._calls.discard)
+
+    async def _call(self, batch: list[_Item], slots: asyncio.Semaphore) -> None:
+        """One model call: score ``batch`` and settle its futures; always frees its slot."""
+        loop = self._loop
+        try:
             x = np.stack([item.samples for item in batch])
             t0 = loop.time()
             try:
@@ -246,13 +275,20 @@ class InferenceWorker:
                 for item in batch:
                     item.future.cancel()
                 raise
+            except Overloaded as e:
+                log.warning("%s: %d windows shed: %s", self.name, len(batch), e)
+                self.metrics.shed += len(batch)
+                for item in batch:
+                    if not item.future.done():
+                        item.future.set_exception(Overloaded(f"{self.name}: {e}"))
+                return
             except Exception as e:
                 log.exception("%s: model call failed on a batch of %d", self.name, len(batch))
                 self.metrics.failed += len(batch)
                 for item in batch:
                     if not item.future.done():
                         item.future.set_exception(ModelError(f"{self.name}: {e}"))
-                continue
+                return
             now = loop.time()
             self.metrics.batches += 1
             self.metrics.batch_sizes[len(batch)] += 1
@@ -265,6 +301,8 @@ class InferenceWorker:
                 self.metrics.scored += 1
                 self.metrics.latencies.append(now - item.submitted)
                 item.future.set_result(Result(self.name, self.name, float(r), float(c), len(batch)))
+        finally:
+            slots.release()
 
     async def close(self) -> None:
         """Stop batching; windows still queued are cancelled."""
@@ -273,10 +311,12 @@ class InferenceWorker:
             item = self._queue.popleft()
             if item.future.cancel():
                 self.metrics.cancelled += 1
-        if self._task is not None:
-            self._task.cancel()
+        tasks = [t for t in (self._task, *self._calls) if t is not None]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, RuntimeError):
-                await self._task
+                await task
         if self._executor is not None:
             self._executor.shutdown(wait=False)
 
@@ -309,7 +349,8 @@ def load_workers(
 
 
 class Overloaded(RuntimeError):
-    """A window was shed because the worker's queue was full."""
+    """A window was shed: the worker's queue was full, or a remote runtime refused the batch
+    for want of capacity (runtimes raise it for that)."""
 
 
 class ModelError(RuntimeError):
@@ -352,6 +393,9 @@ class Cascade:
         def relay(r: Result, final: asyncio.Future[Result]) -> None:
             if final.cancelled():
                 out.cancel()
+            elif isinstance(final.exception(), Overloaded):  # refused downstream: keep the cheap
+                self.metrics.escalations_shed += 1
+                out.set_result(replace(r, model=self.name, screen=r.calibrated))
             elif final.exception() is not None:
                 out.set_exception(final.exception())
             else:

@@ -349,6 +349,44 @@ def test_exit_on_spoof_stops_at_the_turn(bundle, conversation, tmp_path):
     assert max(e["end"] for e in evs if e["type"] == "score") < turn["time"] + 2.5
 
 
+@pytest.mark.parametrize("pace", ["realtime", "fast"])
+@pytest.mark.parametrize("name", ["VS_E_00801", "VS_T_00034"])  # 3.48 s (< one window); 5.65 s
+def test_input_file_ends_with_the_window_its_end_decides(data_dir, name, pace):
+    """Issue 7: the last window (the whole clip, repeat-padded, for a clip shorter than one
+    window; the end-aligned tail for a longer one) is emitted, scored as ``voicescreen score``
+    scores it, even though every earlier window was scored long before the input ended. Through
+    the ``voicescreen`` command, with the shipped default bundle."""
+    clip = data_dir / "flac" / f"{name}.flac"
+    voicescreen = [sys.executable, "-m", "voicescreen"]
+    args = ["monitor", "--input", str(clip), "--jsonl", *(["--fast"] if pace == "fast" else [])]
+    p = subprocess.run(
+        [*voicescreen, *args], capture_output=True, text=True, timeout=GUARD, check=False
+    )
+    assert p.returncode == 0, p.stderr
+    evs = events(p.stdout)
+    score = ["score", str(clip), "--windows", "--json"]
+    offline = json.loads(
+        subprocess.run(
+            [*voicescreen, *score], capture_output=True, text=True, timeout=GUARD, check=True
+        ).stdout
+    )
+
+    regular = [e for e in evs if e["type"] == "score" and not e["early"]]
+    want = offline["windows"]
+    assert [(e["start"], e["end"]) for e in regular] == [(w["start"], w["end"]) for w in want]
+    assert regular[-1]["end"] == pytest.approx(sf.info(str(clip)).duration)
+    np.testing.assert_allclose(
+        [e["raw"] for e in regular], [w["score"] for w in want], atol=1e-4, rtol=0
+    )
+    np.testing.assert_allclose(
+        [e["calibrated"] for e in regular], [w["calibrated"] for w in want], atol=1e-4, rtol=0
+    )
+    summary = evs[-1]
+    assert summary["type"] == "summary" and summary["reason"] == "end"
+    counts = next(iter(summary["models"].values()))
+    assert counts["windows"] == counts["scored"] == len([e for e in evs if e["type"] == "score"])
+
+
 def test_plain_lines_when_not_a_terminal(bundle, clips):
     p = run_monitor("--input", str(clips["spoof"]), "--fast", "--bundle", str(bundle.source))
     assert p.returncode == 0, p.stderr
@@ -390,6 +428,39 @@ def test_unsupported_rate(pulse):
     p = run_monitor("--device", SOURCE, "--rate", "400000", env=pulse.env)
     assert p.returncode == 2
     assert "does not support 400000 Hz" in p.stderr and "Traceback" not in p.stderr
+
+
+@pytest.mark.parametrize("call", ["Pa_IsFormatSupported", "Pa_OpenStream"])
+def test_busy_device(pulse, call):
+    """A device another program holds. PulseAudio shares its sources and this machine has no
+    sound card to hold exclusively, so PortAudio itself is made to answer paDeviceUnavailable
+    (-9985, what its ALSA host API returns for EBUSY) from ``call``: when the monitor checks the
+    device before loading the model, or when it opens it afterwards. Everything else is real: the
+    device lookup, sounddevice's error, the message and the exit status."""
+    code = (
+        "import sounddevice as sd\n"
+        "class Busy:\n"
+        "    def __init__(self, lib): self.lib = lib\n"
+        "    def __getattr__(self, name):\n"
+        f"        if name == {call!r}: return lambda *args: -9985\n"
+        "        return getattr(self.lib, name)\n"
+        "sd._lib = Busy(sd._lib)\n"
+        "from voicescreen.cli import main\n"
+        f"raise SystemExit(main(['monitor', '--device', {SOURCE!r}, '--duration', '1']))\n"
+    )
+    p = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=pulse.env,
+        timeout=GUARD,
+        check=False,
+    )
+    assert p.returncode == 2, p.stderr
+    assert f"input device {SOURCE!r}" in p.stderr
+    assert "is busy or unavailable (" in p.stderr and "Device unavailable" in p.stderr
+    assert "another program may hold it" in p.stderr and "--list-devices" in p.stderr
+    assert "Traceback" not in p.stderr and "listening" not in p.stderr
 
 
 def test_no_input_device_at_all():

@@ -3,20 +3,30 @@
 The bundle is AASIST-L with the official weights, exported once per pytest run (the export is the
 slow part) into the run's base temp dir, where every test module finds it. Each module starts its
 own uvicorn server on a free loopback port with the config it needs.
+
+``VOICESCREEN_TEST_BACKEND=ray`` in the environment runs every server these helpers start on a
+local Ray Serve deployment (loopback, two replicas) instead of the in-process worker: the same
+tests, another backend (``VOICESCREEN_TEST_BACKEND=ray pytest tests/test_web_stream.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import soundfile as sf
 
 from voicescreen.models.bundle import Bundle
+from voicescreen.stream.backends import RayOptions
 from voicescreen.web.config import ServerConfig
 from voicescreen.web.server import BackgroundServer
 
+BACKEND_ENV = "VOICESCREEN_TEST_BACKEND"
+# Two replicas of half a CPU each: a second model's replicas still fit a 2-CPU machine.
+TEST_RAY = RayOptions(address="local", replicas=2, cpus_per_replica=0.5)
 GUARD = 180  # seconds: far beyond what any stream here takes on 2 busy cores
 PROMETHEUS_LINE = re.compile(
     r'^[a-zA-Z_:][a-zA-Z0-9_:]*(\{([a-zA-Z_][a-zA-Z0-9_]*="([^"\\]|\\.)*",?)*\})? '
@@ -51,6 +61,8 @@ def dev_clip(data_dir: Path, label: str, low: float, high: float, index: int = 0
 
 
 def start_server(config: ServerConfig) -> BackgroundServer:
+    if os.environ.get(BACKEND_ENV) == "ray" and config.backend == "onnx":
+        config = replace(config, backend="ray", ray=TEST_RAY)
     return BackgroundServer(config).start()
 
 

@@ -8,6 +8,7 @@
     WS   /v1/stream      call-tap: JSON start, binary audio, JSON events
     WS   /v1/twilio      Twilio Media Streams
     POST /v1/rtc/offer   WebRTC signalling; events on a data channel
+    GET  /docs           the API in Swagger UI, served from this server (works offline)
 
 ``docs/server.md`` describes each, with the limits and error codes.
 """
@@ -23,9 +24,17 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import swagger_ui_bundle
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import (
+    FileResponse,
+    HTMLResponse,
+    JSONResponse,
+    PlainTextResponse,
+    Response,
+)
 from fastapi.staticfiles import StaticFiles
 
 import voicescreen
@@ -42,6 +51,7 @@ from voicescreen.web.ws import stream_endpoint
 log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).resolve().parent / "static"
+SWAGGER_UI = Path(str(swagger_ui_bundle.swagger_ui_path))  # Swagger UI's files, from the package
 MIN_HOP = 0.25  # seconds: /v1/score refuses denser windows (each costs a model call)
 
 
@@ -89,6 +99,8 @@ def create_app(config: ServerConfig) -> FastAPI:
         version=voicescreen.__version__,
         summary="Real-time screening of live speech for audio deepfakes.",
         lifespan=lifespan,
+        docs_url=None,  # FastAPI's pages load Swagger UI and ReDoc from a CDN: /docs is ours
+        redoc_url=None,
     )
     app.state.voicescreen = state
     if config.allowed_origins:
@@ -110,6 +122,7 @@ def create_app(config: ServerConfig) -> FastAPI:
         return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    add_docs(app)
 
     @app.get("/healthz", summary="Liveness and the models served")
     async def healthz() -> dict[str, Any]:
@@ -210,6 +223,79 @@ def create_app(config: ServerConfig) -> FastAPI:
             raise HttpError(e.status, e.code, e.message) from None
 
     return app
+
+
+def add_docs(app: FastAPI) -> None:
+    """``GET /docs``: Swagger UI from the ``swagger_ui_bundle`` package under ``/docs/static``,
+    so the page works on a machine without internet access. The bundled Swagger UI (4.x) reads
+    OpenAPI 3.0 only, so it is given ``/docs/openapi-3.0.json``, a 3.0 rendition of the schema;
+    ``/openapi.json`` stays the 3.1 document FastAPI writes."""
+    app.mount("/docs/static", StaticFiles(directory=SWAGGER_UI), name="swagger-ui")
+
+    @app.get("/docs/openapi-3.0.json", include_in_schema=False)
+    async def openapi_30() -> JSONResponse:
+        return JSONResponse(openapi_3_0(app.openapi()))
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "").rstrip("/")  # as FastAPI's own /docs does
+        return get_swagger_ui_html(
+            openapi_url=f"{root}/docs/openapi-3.0.json",
+            title=f"{app.title} API",
+            swagger_js_url=f"{root}/docs/static/swagger-ui-bundle.js",
+            swagger_css_url=f"{root}/docs/static/swagger-ui.css",
+            swagger_favicon_url=f"{root}/static/favicon.svg",
+        )
+
+
+NAMED_SCHEMAS = ("properties", "patternProperties", "$defs", "schemas")  # name -> schema maps
+
+
+def openapi_3_0(spec: dict[str, Any]) -> dict[str, Any]:
+    """``spec``, an OpenAPI 3.1 document as FastAPI and pydantic write it, as OpenAPI 3.0.3: a
+    schema ``anyOf [X, {"type": "null"}]`` becomes X with ``nullable: true``, a ``const`` an
+    ``enum`` of one, a list of ``examples`` one ``example``, a numeric ``exclusiveMinimum`` or
+    ``exclusiveMaximum`` the 3.0 boolean form; ``info.summary`` (3.1 only) becomes the
+    description when there is none."""
+
+    def convert(node: Any, names: bool = False) -> Any:
+        if isinstance(node, list):
+            return [convert(v) for v in node]
+        if not isinstance(node, dict):
+            return node
+        if names:  # keys are names, not keywords
+            return {k: convert(v) for k, v in node.items()}
+        out = {k: convert(v, names=k in NAMED_SCHEMAS) for k, v in node.items()}
+        options = out.get("anyOf")
+        if isinstance(options, list) and {"type": "null"} in options:
+            rest = [o for o in options if o != {"type": "null"}]
+            del out["anyOf"]
+            if len(rest) == 1 and "$ref" not in rest[0]:
+                out = {**rest[0], **out}
+            elif len(rest) == 1:
+                out["allOf"] = rest  # 3.0 ignores what sits beside a $ref
+            elif rest:
+                out["anyOf"] = rest
+            out["nullable"] = True
+        if "const" in out:
+            out["enum"] = [out.pop("const")]
+        if isinstance(out.get("examples"), list):  # (a parameter's 3.0 `examples` is a map)
+            examples = out.pop("examples")
+            if examples:
+                out["example"] = examples[0]
+        for bound, limit in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
+            value = out.get(bound)
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                out[limit], out[bound] = value, True
+        return out
+
+    doc = convert(spec)
+    doc["openapi"] = "3.0.3"
+    info = doc.setdefault("info", {})
+    summary = info.pop("summary", None)
+    if summary and not info.get("description"):
+        info["description"] = summary
+    return doc
 
 
 async def read_upload(request: Request, limit: int) -> tuple[str, bytes]:

@@ -24,6 +24,94 @@ def _csv(value: str | None) -> tuple[str, ...]:
     return tuple(v.strip() for v in (value or "").split(",") if v.strip())
 
 
+# --- remote backends (shared with ``voicescreen worker``) ---------------------------------------
+
+
+def add_remote_arguments(parser: argparse.ArgumentParser, ingest: bool = True) -> None:
+    """The flags of the Ray Serve backend, and with ``ingest`` those of the ingest side of the
+    remote backends (Triton's URL, timeouts, batches in flight)."""
+    from voicescreen.stream.backends import RayOptions
+
+    d = RayOptions()
+    g = parser.add_argument_group("Ray Serve backend (--backend ray)")
+    g.add_argument(
+        "--ray-address",
+        default=d.address,
+        help="the Ray cluster: auto (the one this machine joined with `ray start`), "
+        "ray://HOST:10001, HOST:6379, or local (a Ray instance in this process) (default auto)",
+    )
+    g.add_argument(
+        "--replicas",
+        type=int,
+        default=None,
+        help="deploy (or rescale) each model to N replicas (default: use the running "
+        "deployment, or deploy 1 where there is none)",
+    )
+    g.add_argument(
+        "--cpus-per-replica",
+        type=float,
+        default=d.cpus_per_replica,
+        help="CPUs each replica reserves (also its ONNX Runtime threads)",
+    )
+    g.add_argument(
+        "--gpus-per-replica",
+        type=float,
+        default=d.gpus_per_replica,
+        help="GPUs each replica reserves (> 0: run it on CUDA)",
+    )
+    g.add_argument(
+        "--replica-max-batch",
+        type=int,
+        default=d.max_batch,
+        help="windows per model call on a replica (@serve.batch)",
+    )
+    g.add_argument(
+        "--replica-batch-wait-ms",
+        type=float,
+        default=d.batch_wait_ms,
+        help="how long a replica waits for requests to batch together",
+    )
+    if not ingest:
+        return
+    g = parser.add_argument_group("remote backends (--backend ray or triton)")
+    g.add_argument("--triton-url", help="the Triton server's gRPC endpoint, HOST:8001")
+    g.add_argument(
+        "--remote-timeout",
+        type=float,
+        default=d.timeout_s,
+        help="seconds a batch may take remotely before its windows fail (default %(default)s)",
+    )
+    g.add_argument(
+        "--remote-inflight",
+        type=int,
+        default=None,
+        help="batches in flight per model (default: 1 per Ray replica, 4 for Triton)",
+    )
+
+
+def ray_options_from_args(args: argparse.Namespace) -> Any:
+    from voicescreen.stream.backends import RayOptions
+
+    d = RayOptions()
+    return RayOptions(
+        address=args.ray_address,
+        replicas=args.replicas,
+        cpus_per_replica=args.cpus_per_replica,
+        gpus_per_replica=args.gpus_per_replica,
+        max_batch=args.replica_max_batch,
+        batch_wait_ms=args.replica_batch_wait_ms,
+        timeout_s=getattr(args, "remote_timeout", d.timeout_s),
+        inflight=getattr(args, "remote_inflight", None),
+    )
+
+
+def triton_options_from_args(args: argparse.Namespace) -> Any:
+    from voicescreen.stream.backends import TritonOptions
+
+    inflight = {} if args.remote_inflight is None else {"inflight": args.remote_inflight}
+    return TritonOptions(url=args.triton_url, timeout_s=args.remote_timeout, **inflight)
+
+
 # --- voicescreen serve -------------------------------------------------------------------------
 
 
@@ -42,6 +130,8 @@ def config_from_args(args: argparse.Namespace) -> Any:
         batch=BatchOptions(
             max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue
         ),
+        ray=ray_options_from_args(args),
+        triton=triton_options_from_args(args),
         window=WindowOptions(hop_seconds=args.hop),
         vad=VadOptions(min_voiced=args.min_voiced, enabled=not args.no_vad),
         token=args.token or os.environ.get(TOKEN_ENV) or None,
@@ -179,6 +269,7 @@ def add_parsers(subparsers: Any) -> None:
     """Register ``serve`` and ``tap`` on the CLI's subparsers."""
     from voicescreen.audio import HOP_SECONDS
     from voicescreen.stream import BatchOptions, VadOptions
+    from voicescreen.stream.backends import BACKENDS
     from voicescreen.web.config import ServerConfig
 
     d = ServerConfig.__dataclass_fields__
@@ -196,7 +287,13 @@ def add_parsers(subparsers: Any) -> None:
         help="bundle path or installed name; repeat to serve several models "
         "(default: the shipped one)",
     )
-    s.add_argument("--backend", choices=["onnx", "torch"], default="onnx")
+    s.add_argument(
+        "--backend",
+        choices=list(BACKENDS),
+        default="onnx",
+        help="who scores the windows: onnx or torch in this process (default onnx), ray (a Ray "
+        "Serve deployment), triton (a Triton server); see docs/deploy.md",
+    )
     s.add_argument("--providers", default="auto", help="ONNX providers: auto or tensorrt,cuda,cpu")
     s.add_argument("--threads", type=int, default=None, help="intra-op threads per model")
     s.add_argument("--max-batch", type=int, default=batch.max_batch)
@@ -231,6 +328,7 @@ def add_parsers(subparsers: Any) -> None:
         help="event types posted to the webhook (default verdict,summary,error)",
     )
     s.add_argument("--ice-server", help="comma-separated STUN/TURN URLs for WebRTC (default none)")
+    add_remote_arguments(s)
     s.set_defaults(func=cmd_serve)
 
     t = subparsers.add_parser(

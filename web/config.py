@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from voicescreen.stream import BatchOptions, SmoothingOptions, VadOptions, WindowOptions
+from voicescreen.stream.backends import BACKENDS, RayOptions, TritonOptions
 
 if TYPE_CHECKING:
     from voicescreen.models.bundle import Bundle
@@ -25,8 +26,11 @@ class ServerConfig:
     """Everything ``create_app`` needs.
 
     Models: ``bundles`` (paths, installed names or loaded bundles; empty: the shipped default),
-    run by ``backend`` on ``providers`` with ``threads`` intra-op threads, batched across streams
-    by ``batch``. Streams: ``window``, ``vad`` and ``smoothing`` as the stream core defines them.
+    batched across streams by ``batch`` and scored by ``backend``: ``onnx`` or ``torch`` in this
+    process (on ``providers`` with ``threads`` intra-op threads), ``ray`` on a Ray Serve
+    deployment (``ray``), ``triton`` on a Triton server (``triton``); see
+    ``voicescreen.stream.backends``. Streams: ``window``, ``vad`` and ``smoothing`` as the stream
+    core defines them.
 
     Safety: ``token`` (a bearer token every API call and stream must present, None: open);
     ``allowed_origins`` (browser origins besides the server's own that may use the API);
@@ -45,6 +49,8 @@ class ServerConfig:
     providers: str = "auto"
     threads: int | None = None
     batch: BatchOptions = field(default_factory=BatchOptions)
+    ray: RayOptions = field(default_factory=RayOptions)
+    triton: TritonOptions = field(default_factory=TritonOptions)
     window: WindowOptions = field(default_factory=WindowOptions)
     vad: VadOptions = field(default_factory=VadOptions)
     smoothing: SmoothingOptions = field(default_factory=SmoothingOptions)
@@ -69,6 +75,10 @@ class ServerConfig:
     ice_servers: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ValueError(f"unknown backend {self.backend!r}; use one of {list(BACKENDS)}")
+        if self.backend == "triton" and not self.triton.url:
+            raise ValueError("the triton backend needs the server's gRPC URL (--triton-url)")
         if self.token is not None and not self.token:
             raise ValueError("token must be a non-empty string (or None for no token)")
         for name in ("max_frame_bytes", "max_streams_per_client", "max_upload_bytes"):

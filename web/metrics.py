@@ -182,7 +182,10 @@ def render(
     for key, doc in (
         ("submitted", "Windows submitted to the model's worker."),
         ("scored", "Windows the worker scored."),
-        ("shed", "Windows shed because the worker's queue was full."),
+        (
+            "shed",
+            "Windows shed: the worker's queue was full, or a remote backend refused them.",
+        ),
         ("failed", "Windows whose model call failed."),
         ("cancelled", "Windows withdrawn before they were scored."),
         ("batches", "Model calls."),

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from voicescreen.models import store
 from voicescreen.models.bundle import Bundle, load_bundle
 from voicescreen.stream import InferenceWorker
+from voicescreen.stream.backends import LOCAL_BACKENDS, BackendError, close_runtimes, open_runtimes
 from voicescreen.web.config import ServerConfig
 from voicescreen.web.metrics import ServerMetrics
 from voicescreen.web.streams import Streams
@@ -24,7 +25,8 @@ log = logging.getLogger(__name__)
 
 
 class ConfigError(ValueError):
-    """A server that cannot start as configured (no bundle, a broken one, clashing names)."""
+    """A server that cannot start as configured (no bundle, a broken one, clashing names, a
+    remote backend that cannot be reached or serves another model)."""
 
 
 def load_bundles(specs: list[str | Path | Bundle]) -> dict[str, Bundle]:
@@ -60,8 +62,20 @@ class AppState:
         options = {"threads": config.threads}
         if config.backend == "onnx":
             options["providers"] = config.providers
+        try:  # the window -> score call: in this process, or on Ray Serve / Triton replicas
+            self.runtimes = open_runtimes(
+                self.bundles, config.backend, ray=config.ray, triton=config.triton, **options
+            )
+        except BackendError as e:
+            raise ConfigError(str(e)) from e
         self.workers: dict[str, InferenceWorker] = {
-            name: InferenceWorker.from_bundle(bundle, config.backend, config.batch, **options)
+            name: InferenceWorker(
+                self.runtimes[name],
+                name=name,
+                input_samples=bundle.input_samples,
+                score=bundle.score,
+                options=config.batch,
+            )
             for name, bundle in self.bundles.items()
         }
         self._runtime_options = options
@@ -74,7 +88,7 @@ class AppState:
         log.info(
             "serving %s on %s",
             ", ".join(f"{n} ({b.architecture})" for n, b in self.bundles.items()),
-            config.backend,
+            ", ".join(p for r in self.runtimes.values() for p in r.providers),
         )
 
     @property
@@ -82,13 +96,17 @@ class AppState:
         return next(iter(self.workers))
 
     def scorer(self, name: str) -> Scorer:
-        """The offline scorer of a bundle (``POST /v1/score``), made on first use."""
+        """The offline scorer of a bundle (``POST /v1/score``), made on first use: its own
+        in-process runtime, or the remote backend the streams use."""
         from voicescreen.scoring import Scorer
 
         if name not in self._scorers:
-            self._scorers[name] = Scorer(
-                self.bundles[name], self.config.backend, **self._runtime_options
-            )
+            bundle = self.bundles[name]
+            if self.config.backend in LOCAL_BACKENDS:
+                scorer = Scorer(bundle, self.config.backend, **self._runtime_options)
+            else:
+                scorer = Scorer(bundle, runtime=self.runtimes[name])
+            self._scorers[name] = scorer
         return self._scorers[name]
 
     @property
@@ -116,5 +134,6 @@ class AppState:
             await self.rtc.close()
         for worker in self.workers.values():
             await worker.close()
+        close_runtimes(self.runtimes)
         if self.webhook is not None:
             await self.webhook.close()

@@ -1,0 +1,54 @@
+"""``voicescreen models`` states a meaningful size for every bundle, the LFCC-GMM included (its
+mixtures are fitted buffers, not trainable parameters, so its card says 0)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from types import SimpleNamespace
+
+from voicescreen.cli import parameter_count
+from voicescreen.models.bundle import load_bundle
+from voicescreen.models.store import DEFAULT_BUNDLE
+
+
+def models(*args: str, home) -> str:
+    env = {**os.environ, "VOICESCREEN_HOME": str(home)}  # no user bundles: the shipped one only
+    p = subprocess.run(
+        [sys.executable, "-m", "voicescreen", "models", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+    assert p.returncode == 0, p.stderr
+    return p.stdout
+
+
+def test_the_gmm_bundle_counts_its_fitted_values(tmp_path):
+    bundle = load_bundle(DEFAULT_BUNDLE)
+    assert bundle.architecture == "lfcc-gmm" and not bundle.card["parameters"]
+    model = bundle.build_torch()
+    gmms = (model.bona, model.spoof)
+    fitted = sum(g.weights.numel() + g.means.numel() + g.covariances.numel() for g in gmms)
+    fitted += model.center.numel()
+    k, dim = bundle.config["n_components"], model.center.numel()
+    assert fitted == 2 * (k + 2 * k * dim) + dim  # weights, means, variances; the centre
+
+    text = models(home=tmp_path)
+    line = next(line for line in text.splitlines() if line.strip().startswith("default "))
+    assert re.search(rf"lfcc-gmm\s+{fitted:,} params\s", line), line
+    listed = json.loads(models("--json", home=tmp_path))
+    default = next(b for b in listed["bundles"] if b["name"] == "default")
+    assert default["parameters"] == fitted
+
+
+def test_a_trained_model_keeps_its_card_count():
+    card = SimpleNamespace(card={"parameters": 85_306}, state_dict=lambda: {})
+    assert parameter_count(card) == 85_306
+    empty = SimpleNamespace(card={"parameters": 0}, state_dict=lambda: {})
+    assert parameter_count(empty) is None  # printed as n/a
