@@ -716,18 +716,29 @@ def cmd_monitor(args: argparse.Namespace) -> int:
 
 def _load_workers(args: argparse.Namespace) -> dict[str, Scorer] | str:
     """A worker per ``--bundle``, or what is wrong with them."""
+    from voicescreen.cli import runtime_options
     from voicescreen.models.bundle import BundleError, load_bundle
+    from voicescreen.models.runtime import describe_text
     from voicescreen.models.store import resolve_bundle
     from voicescreen.stream import load_workers
 
-    options: dict[str, Any] = {"threads": args.threads}
-    if args.backend == "onnx":
-        options["providers"] = args.providers
     try:
-        bundles = [load_bundle(resolve_bundle(b)) for b in args.bundle or [None]]
-        return load_workers(bundles, args.backend, BatchOptions(), **options)
-    except (BundleError, FileNotFoundError, ValueError) as e:
+        bundles = [
+            load_bundle(resolve_bundle(b)).with_fast_path(args.fast_path, args.backend)
+            for b in args.bundle or [None]
+        ]
+        workers = load_workers(bundles, args.backend, BatchOptions(), **runtime_options(args))
+    except (BundleError, FileNotFoundError, ValueError) as e:  # FastPathError is a ValueError
         return str(e)
+    for name, worker in workers.items():
+        log.info("%s runs on %s", name, describe_text(worker.runtime))
+        if args.fast_path:  # asked for: say what it built (the view does not show it)
+            print(
+                f"voicescreen monitor: {name} on {describe_text(worker.runtime)}",
+                file=sys.stderr,
+                flush=True,
+            )
+    return workers
 
 
 async def _run(args: argparse.Namespace, source: Source, workers: dict[str, Scorer]) -> int:
@@ -762,6 +773,8 @@ async def _run(args: argparse.Namespace, source: Source, workers: dict[str, Scor
 
 def add_parsers(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``monitor`` on the ``voicescreen`` command's subparsers."""
+    from voicescreen.cli import add_runtime_arguments
+
     s = subparsers.add_parser(
         "monitor",
         help="screen a local input device live (terminal view, or --jsonl)",
@@ -814,9 +827,7 @@ def add_parsers(subparsers: Any) -> argparse.ArgumentParser:
         metavar="F",
         help="voiced fraction a window needs to be scored (default 0.3)",
     )
-    m.add_argument("--backend", choices=["onnx", "torch"], default="onnx")
-    m.add_argument("--providers", default="auto", help="ONNX providers: auto or tensorrt,cuda,cpu")
-    m.add_argument("--threads", type=int, default=None, help="intra-op threads")
+    add_runtime_arguments(m)
     o = s.add_argument_group("output")
     o.add_argument(
         "--jsonl",

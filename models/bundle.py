@@ -6,7 +6,9 @@ A bundle is one directory (or a ``.zip`` of one) holding
   float32 at 16 kHz, outputs ``logits`` (batch, 2) and ``score`` (batch,), dynamic batch axis;
 - ``weights.safetensors``: the PyTorch state dict (never a pickle);
 - ``card.json``: architecture and config, sample rate, input samples, score convention, calibrated
-  threshold, provenance, training data and metrics, and the size and sha256 of every file.
+  threshold, provenance, training data and metrics, and the size and sha256 of every file. A
+  bundle made by ``voicescreen optimize --int8`` also has ``quantized``: its ``model.onnx`` is an
+  int8 graph of the source bundle's, and the card says how it was calibrated and what it costs.
 
 ``load_bundle`` verifies all of it and says clearly what is wrong with a corrupt, truncated or
 mismatched bundle.
@@ -22,7 +24,7 @@ import logging
 import math
 import zipfile
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -97,11 +99,14 @@ class ScoreSpec:
 
 @dataclass
 class Bundle:
-    """A verified bundle, held in memory."""
+    """A verified bundle, held in memory. ``fast_path`` (not part of the files) is the start-up
+    fast path its runtimes take (``exact``, ``bf16`` or None; see ``voicescreen.models.runtime``):
+    ``with_fast_path`` sets it, so that every runtime made from this bundle takes it."""
 
     source: Path
     card: dict
     files: dict[str, bytes] = field(repr=False)
+    fast_path: str | None = None
 
     @property
     def name(self) -> str:
@@ -127,6 +132,11 @@ class Bundle:
     def score(self) -> ScoreSpec:
         return ScoreSpec.from_dict(self.card["score"])
 
+    @property
+    def quantized(self) -> dict | None:
+        """The card's account of an int8 ``model.onnx`` (``voicescreen optimize --int8``)."""
+        return self.card.get("quantized") or None
+
     def state_dict(self) -> dict[str, torch.Tensor]:
         from safetensors.torch import load
 
@@ -149,21 +159,23 @@ class Bundle:
         model.load_state_dict(weights, strict=True)
         return model.eval()
 
-    def runtime(self, backend: str = "onnx", **options: Any):
-        """A runtime scoring (B, input_samples) windows: ``backend`` is ``onnx`` or ``torch``."""
-        from voicescreen.models.runtime import OnnxRuntime, TorchRuntime
+    def with_fast_path(self, fast_path: str | None, backend: str | None = None) -> Bundle:
+        """This bundle, its runtimes taking ``fast_path`` (None: the plain model). Raises
+        ``FastPathError`` (a ``ValueError``) when the path does not apply to it (on ``backend``)."""
+        from voicescreen.models.runtime import check_fast_path
 
-        if backend == "onnx":
-            return OnnxRuntime(self.files[ONNX_FILE], self.input_samples, name=self.name, **options)
-        if backend == "torch":
-            return TorchRuntime(
-                self.build_torch(),
-                self.score.convention,
-                self.input_samples,
-                name=self.name,
-                **options,
-            )
-        raise ValueError(f"unknown backend {backend!r}; use 'onnx' or 'torch'")
+        if fast_path is not None:
+            check_fast_path(self, fast_path, backend)
+        return replace(self, fast_path=fast_path)
+
+    def runtime(self, backend: str = "onnx", **options: Any):
+        """A runtime scoring (B, input_samples) windows: ``backend`` is ``onnx`` or ``torch``;
+        ``options`` (``providers``, ``threads``, ``device``, ``fast_path``, which defaults to the
+        bundle's) as ``voicescreen.models.runtime.open_runtime`` takes them."""
+        from voicescreen.models.runtime import open_runtime
+
+        options.setdefault("fast_path", self.fast_path)
+        return open_runtime(self, backend, **options)
 
 
 # --- loading -----------------------------------------------------------------------------------
@@ -377,10 +389,17 @@ def export_bundle(
         "training": dict(training) if training else None,
         "metrics": dict(metrics) if metrics else {},
         "export_check": {"batch": int(x.shape[0]), "max_abs_score_diff": diff},
-        "files": {k: {"bytes": len(v), "sha256": sha256(v)} for k, v in files.items()},
     }
-    files[CARD_FILE] = (json.dumps(card, indent=2) + "\n").encode()
+    bundle = write_bundle(out, card, files)
+    log.info("wrote bundle %s (%s, export check %.2g)", out, architecture, diff)
+    return bundle
 
+
+def write_bundle(out: str | Path, card: Mapping, files: Mapping[str, bytes]) -> Bundle:
+    """Write ``files`` and ``card`` (its ``files`` entry filled in: size and sha256 of each) as a
+    bundle at ``out`` (a directory, or a ``.zip`` path), and load it back, verified."""
+    card = {**card, "files": {k: {"bytes": len(v), "sha256": sha256(v)} for k, v in files.items()}}
+    files = {**files, CARD_FILE: (json.dumps(card, indent=2) + "\n").encode()}
     out = Path(out)
     if out.suffix == ".zip":
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -391,5 +410,4 @@ def export_bundle(
         out.mkdir(parents=True, exist_ok=True)
         for k, v in files.items():
             (out / k).write_bytes(v)
-    log.info("wrote bundle %s (%s, export check %.2g)", out, architecture, diff)
     return load_bundle(out)

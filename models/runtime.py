@@ -2,17 +2,44 @@
 
 Both take (B, input_samples) float32 16 kHz windows and return ``(logits (B, 2), score (B,))``
 as numpy arrays; the score follows the bundle's convention (higher = more bona fide).
+
+Fast paths (``voicescreen.models.optimize``), chosen when a runtime starts
+(``Bundle.runtime(backend, fast_path=...)``, ``--fast-path`` on the command line) and built on the
+machine that serves, because what they build is specific to it:
+
+- ``exact``: the onnx backend on ONNX Runtime's CPU provider runs ``optimize_onnx``'s rewrite of
+  the bundle's graph (bit-identical scores, 10-18 % faster; about a second to build).
+- ``bf16``: the torch backend on the CPU runs ``compile_bf16``'s bfloat16 encoder (lossy, about
+  2x the plain ONNX graph; compiling takes 20-60 s and needs a C++ compiler).
+
+Both are written for AASIST and AASIST-L: ``optimize_onnx`` is exact for any graph, but on the
+other architectures it rewires nothing, and ``compile_bf16`` rebuilds AASIST's encoder. The third,
+int8, is no start-up option but a bundle of its own (``voicescreen optimize --int8``), since its
+calibration needs training data and the result is a portable ONNX graph.
 """
 
 from __future__ import annotations
 
 import logging
+import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+if TYPE_CHECKING:
+    from voicescreen.models.bundle import Bundle
+
 log = logging.getLogger(__name__)
+
+FAST_PATHS = {
+    "exact": "ONNX graph rewritten for this CPU (optimize_onnx), exact",
+    "bf16": "bfloat16 encoder compiled by torch inductor (compile_bf16), lossy",
+}
+FAST_BACKEND = {"exact": "onnx", "bf16": "torch"}
+FAST_ARCHITECTURES = ("aasist", "aasist-l")
 
 PROVIDERS = {
     "tensorrt": "TensorrtExecutionProvider",
@@ -71,11 +98,17 @@ class OnnxRuntime:
 
         self.name = name
         self.input_samples = input_samples
+        self.fast_path: str | None = None  # set by the builders below and by int8 bundles
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
             options.intra_op_num_threads = threads
         options.log_severity_level = 3  # errors only: a missing GPU is reported by us, once
+        # ONNX Runtime's CPU arena keeps the peak of every batch it has run (GBs for AASIST at
+        # batch 16) for the session's life and never hands it back; without it, the big
+        # activations go straight to the allocator and are returned after each run. Measured:
+        # the WebSocket test file's peak RSS 10.8 -> 3.2 GB, same run time.
+        options.enable_cpu_mem_arena = False
         requested = resolve_providers(providers)
         model = onnx_model if isinstance(onnx_model, bytes) else str(onnx_model)
         self.session = ort.InferenceSession(model, options, providers=requested)
@@ -113,6 +146,7 @@ class TorchRuntime:
             torch.set_num_threads(threads)
         self.name = name
         self.input_samples = input_samples
+        self.fast_path: str | None = None
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = model.eval().to(self.device)
         self._score = lambda logits: score_from_logits(logits, convention)
@@ -133,3 +167,215 @@ def check_batch(windows: np.ndarray, input_samples: int) -> np.ndarray:
     if x.ndim != 2 or x.shape[1] != input_samples or x.shape[0] == 0:
         raise ValueError(f"expected windows of shape (B>0, {input_samples}), got {x.shape}")
     return x
+
+
+# --- fast paths ----------------------------------------------------------------------------------
+
+
+class FastPathError(ValueError):
+    """A fast path that cannot run here or on this bundle, with the reason and what to do."""
+
+
+def check_fast_path(bundle: Bundle, fast_path: str, backend: str | None = None) -> None:
+    """Raise ``FastPathError`` unless ``fast_path`` can run ``bundle`` (on ``backend``)."""
+    if fast_path not in FAST_PATHS:
+        raise FastPathError(f"unknown fast path {fast_path!r}; use one of {list(FAST_PATHS)}")
+    if bundle.architecture not in FAST_ARCHITECTURES:
+        raise FastPathError(
+            f"{bundle.name}: the fast paths are written for AASIST and AASIST-L; "
+            f"{bundle.architecture} has none (on it, `exact` would rewire nothing and `bf16` "
+            "does not apply): leave out --fast-path"
+        )
+    if bundle.quantized:
+        raise FastPathError(
+            f"{bundle.name}: this bundle's model.onnx is int8 already (voicescreen optimize "
+            "--int8); the fast paths start from the fp32 model: leave out --fast-path, or use "
+            "the fp32 bundle it was made from"
+        )
+    want = FAST_BACKEND[fast_path]
+    if backend is not None and backend != want:
+        raise FastPathError(
+            f"--fast-path {fast_path} runs on the {want} backend, not {backend}: add "
+            f"--backend {want}"
+            + (", or use --fast-path bf16 with --backend torch" if want == "onnx" else "")
+        )
+
+
+def exact_runtime(
+    bundle: Bundle,
+    *,
+    providers: Sequence[str] | str | None = None,
+    threads: int | None = None,
+) -> OnnxRuntime:
+    """``bundle``'s graph rewritten by ``optimize_onnx`` for this CPU, checked against the plain
+    graph on the export check signal, in an ``OnnxRuntime`` on the CPU provider."""
+    from voicescreen.models.bundle import ONNX_FILE, _default_check_input
+    from voicescreen.models.optimize import optimize_onnx
+
+    check_fast_path(bundle, "exact", "onnx")
+    if isinstance(providers, str):
+        providers = [p.strip() for p in providers.split(",") if p.strip()]
+    others = [p for p in providers or () if p not in ("auto", "cpu")]
+    if others:
+        raise FastPathError(
+            f"--fast-path exact builds a graph for ONNX Runtime's CPU provider; it cannot run "
+            f"on {', '.join(others)}: use --providers cpu (or auto), or leave out --fast-path"
+        )
+    if _has_nvidia_gpu():
+        log.info("%s: --fast-path exact runs on the CPU, not the GPU", bundle.name)
+    start = time.perf_counter()
+    graph = optimize_onnx(
+        bundle.files[ONNX_FILE],
+        check_input=_default_check_input(bundle.input_samples),
+        threads=threads,
+    )
+    runtime = OnnxRuntime(
+        graph, bundle.input_samples, name=bundle.name, providers=["cpu"], threads=threads
+    )
+    runtime.fast_path = "exact"
+    log.info(
+        "%s: fast path exact: %s, built in %.1f s",
+        bundle.name,
+        FAST_PATHS["exact"],
+        time.perf_counter() - start,
+    )
+    return runtime
+
+
+def _compiler_problem() -> str | None:
+    """Why torch inductor would find no C++ compiler here, or None (also when it cannot tell)."""
+    try:
+        from torch._inductor import cpp_builder, exc
+    except ImportError:
+        return None
+    try:
+        cpp_builder.get_cpp_compiler()
+    except exc.InvalidCxxCompiler as e:
+        return str(e)
+    except Exception:  # a private API: if it changes, the compile itself will tell
+        return None
+    return None
+
+
+def _bf16_failed(bundle: Bundle, cause: str) -> FastPathError:
+    return FastPathError(
+        f"{bundle.name}: --fast-path bf16 could not compile the bfloat16 encoder: {cause}. It "
+        "needs a working C++ compiler for torch inductor (g++ or clang++ on the PATH, or CXX "
+        "naming one). Alternatives: --fast-path exact with --backend onnx (exact, 10-18 % "
+        "faster), an int8 bundle from `voicescreen optimize --int8` (lossy, ~1.6x), or no "
+        "--fast-path"
+    )
+
+
+def bf16_runtime(
+    bundle: Bundle,
+    *,
+    device: str | None = None,
+    threads: int | None = None,
+) -> TorchRuntime:
+    """``compile_bf16`` of ``bundle``'s model in a ``TorchRuntime`` on the CPU, compiled now (one
+    window through it) so that a missing compiler fails here, as ``FastPathError``."""
+    import torch
+
+    from voicescreen.models.bundle import _default_check_input
+    from voicescreen.models.optimize import compile_bf16
+
+    check_fast_path(bundle, "bf16", "torch")
+    if device not in (None, "cpu"):
+        raise FastPathError(
+            f"--fast-path bf16 is a CPU path (AVX512-BF16), not for {device}: leave out "
+            "--fast-path to run the fp32 model there"
+        )
+    problem = _compiler_problem()
+    if problem:
+        raise _bf16_failed(bundle, problem)
+    try:
+        native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a private op: when it is gone, do not guess
+        native = True
+    if not native:
+        log.warning(
+            "%s: no native bfloat16 on this CPU: --fast-path bf16 will be slow", bundle.name
+        )
+    start = time.perf_counter()
+    log.info("%s: compiling the bf16 encoder (20-60 s, seconds with a warm cache)", bundle.name)
+    model = compile_bf16(bundle.build_torch())
+    runtime = TorchRuntime(
+        model,
+        bundle.score.convention,
+        bundle.input_samples,
+        name=bundle.name,
+        device="cpu",
+        threads=threads,
+    )
+    try:
+        with warnings.catch_warnings():  # the FFT front-end stays complex, outside the kernels
+            warnings.filterwarnings("ignore", "Torchinductor does not support code generation")
+            runtime(_default_check_input(bundle.input_samples)[:1])
+    except Exception as e:  # inductor wraps a failed compile in BackendCompilerFailed & co.
+        root = e
+        while root.__cause__ is not None:
+            root = root.__cause__
+        first = (str(root).strip().splitlines() or [""])[0][:300]
+        raise _bf16_failed(bundle, f"{type(root).__name__}: {first}") from e
+    runtime.fast_path = "bf16"
+    log.info(
+        "%s: fast path bf16: %s, compiled in %.0f s",
+        bundle.name,
+        FAST_PATHS["bf16"],
+        time.perf_counter() - start,
+    )
+    return runtime
+
+
+def open_runtime(
+    bundle: Bundle, backend: str = "onnx", *, fast_path: str | None = None, **options: Any
+) -> OnnxRuntime | TorchRuntime:
+    """A runtime for ``bundle`` on ``backend`` (``onnx`` or ``torch``), on ``fast_path``
+    (``exact``, ``bf16`` or None) when given; ``options`` go to the runtime (``providers``,
+    ``threads``, ``device``). Raises ``FastPathError`` (a ``ValueError``) saying why a fast path
+    cannot run, and ``BundleError`` for the torch backend on an int8 bundle."""
+    from voicescreen.models.bundle import ONNX_FILE, BundleError
+
+    if backend not in ("onnx", "torch"):
+        raise ValueError(f"unknown backend {backend!r}; use 'onnx' or 'torch'")
+    if fast_path is not None:
+        check_fast_path(bundle, fast_path, backend)
+        build = exact_runtime if fast_path == "exact" else bf16_runtime
+        return build(bundle, **options)
+    if backend == "onnx":
+        runtime = OnnxRuntime(
+            bundle.files[ONNX_FILE], bundle.input_samples, name=bundle.name, **options
+        )
+        runtime.fast_path = "int8" if bundle.quantized else None
+        return runtime
+    if bundle.quantized:
+        raise BundleError(
+            f"{bundle.name}: model.onnx is int8, but the torch backend would run the fp32 "
+            f"weights it was made from ({bundle.quantized['source']['name']}): use --backend "
+            "onnx, or the fp32 bundle"
+        )
+    return TorchRuntime(
+        bundle.build_torch(),
+        bundle.score.convention,
+        bundle.input_samples,
+        name=bundle.name,
+        **options,
+    )
+
+
+def describe(runtime: Any) -> dict[str, Any]:
+    """Where a runtime (local or remote) runs, for logs and ``/v1/models``: backend, providers
+    and fast path (``exact``, ``bf16``, ``int8`` or None)."""
+    return {
+        "backend": getattr(runtime, "backend", "?"),
+        "providers": list(getattr(runtime, "providers", [])),
+        "fast_path": getattr(runtime, "fast_path", None),
+    }
+
+
+def describe_text(runtime: Any) -> str:
+    """``describe`` in words: ``onnx on CPUExecutionProvider, fast path exact``."""
+    d = describe(runtime)
+    text = f"{d['backend']} on {', '.join(d['providers'])}"
+    return text + (f", fast path {d['fast_path']}" if d["fast_path"] else "")

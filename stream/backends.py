@@ -119,9 +119,17 @@ def open_runtimes(
     **local_options: Any,
 ) -> dict[str, Any]:
     """One runtime per bundle, by name. ``local_options`` (``providers``, ``threads``) go to the
-    in-process runtimes. Raises ``BackendError`` when a remote backend cannot serve a bundle."""
+    in-process runtimes. Raises ``BackendError`` when a remote backend cannot serve a bundle, or
+    is asked to run a bundle on a start-up fast path (those are built in this process)."""
     if backend in LOCAL_BACKENDS:
         return {name: b.runtime(backend, **local_options) for name, b in bundles.items()}
+    fast = [name for name, b in bundles.items() if b.fast_path]
+    if fast:
+        raise BackendError(
+            f"--fast-path builds the model in this process, and the {backend} backend runs it "
+            f"elsewhere ({', '.join(fast)}): leave out --fast-path (an int8 bundle from "
+            "`voicescreen optimize --int8` runs on any backend)"
+        )
     if backend == "ray":
         from voicescreen.stream.rayserve import open_ray
 

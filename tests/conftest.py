@@ -139,3 +139,15 @@ def small_corpus(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Pa
         lines = [f"{u.speaker} {u.file} - {u.attack} {u.label}" for u in picked]
         (root / "protocols" / f"VS.cm.{suffix}.txt").write_text("\n".join(lines) + "\n")
     return root
+
+
+@pytest.fixture(scope="session")
+def gmm_bundle(tmp_path_factory: pytest.TempPathFactory, small_corpus: Path) -> Path:
+    """A small LFCC-GMM bundle (2 components, trained on the small corpus): a non-AASIST model."""
+    from voicescreen.train.recipes import load_recipe
+    from voicescreen.train.trainer import train
+
+    out = tmp_path_factory.mktemp("gmm")
+    recipe = load_recipe("lfcc-gmm", overrides={"model": {"n_components": 2}})
+    result = train(recipe, small_corpus, out / "run", export=out / "gmm-small", progress=False)
+    return result.bundle

@@ -39,6 +39,7 @@ from fastapi.staticfiles import StaticFiles
 
 import voicescreen
 from voicescreen.audio import HOP_SECONDS, SAMPLE_RATE, AudioError, load_audio
+from voicescreen.models.runtime import describe
 from voicescreen.web.auth import origin_ok, presented_token, token_ok
 from voicescreen.web.config import ServerConfig
 from voicescreen.web.metrics import render
@@ -147,6 +148,7 @@ def create_app(config: ServerConfig) -> FastAPI:
                     "threshold": bundle.score.threshold,
                     "scale": bundle.score.scale,
                     "metrics": bundle.card.get("metrics", {}),
+                    "runtime": describe(state.runtimes[name]),
                 }
                 for name, bundle in state.bundles.items()
             ],

@@ -8,13 +8,23 @@ clients that cannot set headers (a browser's WebSocket). Twilio can send neither
 A browser names the page that opened a connection in ``Origin``: the server's own origin (the
 demo page) is always allowed, others only when listed. Requests without ``Origin`` (not from a
 browser) are left to the token.
+
+Twilio signs each request it makes, the WebSocket upgrade of a Media Stream included, with
+``X-Twilio-Signature``: base64 HMAC-SHA1, keyed by the account's Auth Token, of the URL it
+requested (followed, for a form POST, by the parameters sorted by name, each name then its value;
+the upgrade is a GET and signs the URL alone). With the Auth Token configured, ``/v1/twilio``
+recomputes it on the URL Twilio was given (``public_url`` behind a proxy) and refuses a request
+whose signature is missing or wrong.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import hmac
 from collections.abc import Mapping
-from urllib.parse import urlsplit
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from voicescreen.web.config import ServerConfig
 
@@ -47,3 +57,62 @@ def origin_ok(config: ServerConfig, origin: str | None, host: str | None) -> boo
     if origin == "null":
         return False
     return bool(host) and urlsplit(origin).netloc.lower() == host.lower()
+
+
+TWILIO_SIGNATURE = "x-twilio-signature"
+DEFAULT_PORTS = {"http": 80, "ws": 80, "https": 443, "wss": 443}
+WEBSOCKET_SCHEMES = {"http": "ws", "https": "wss"}
+
+
+def twilio_signature(auth_token: str, url: str, params: Mapping[str, str] | None = None) -> str:
+    """Twilio's signature of a request to ``url``: base64 HMAC-SHA1 keyed by ``auth_token`` of
+    the URL, then (a form POST) each parameter's name and value in the order of their names."""
+    data = url + "".join(name + params[name] for name in sorted(params or {}))
+    digest = hmac.new(auth_token.encode(), data.encode(), hashlib.sha1).digest()
+    return base64.b64encode(digest).decode("ascii")
+
+
+def port_variants(url: str) -> list[str]:
+    """``url`` as given, without its port, and with its scheme's default port: Twilio does not
+    always sign the port the way it was written, and its own validators accept each form."""
+    parts = urlsplit(url)
+    out = [url]
+    port = parts.port
+    if port is not None and parts.netloc.endswith(f":{port}"):
+        out.append(urlunsplit(parts._replace(netloc=parts.netloc[: -len(f":{port}")])))
+    elif port is None and parts.scheme in DEFAULT_PORTS:
+        netloc = f"{parts.netloc}:{DEFAULT_PORTS[parts.scheme]}"
+        out.append(urlunsplit(parts._replace(netloc=netloc)))
+    return out
+
+
+def websocket_url(config: ServerConfig, scope: Mapping[str, Any]) -> str:
+    """The URL a WebSocket request was made to, as its client named it: ``public_url`` (http
+    and https read as ws and wss) plus the request's path and query when the server has one,
+    else the scheme, the ``Host`` header, the path and the query the server received."""
+    raw_path = scope.get("raw_path") or scope["path"].encode()
+    target = raw_path.decode("latin-1")
+    query = scope.get("query_string", b"").decode("latin-1")
+    if query:
+        target += "?" + query
+    if config.public_url:
+        base = urlsplit(config.public_url)
+        scheme = WEBSOCKET_SCHEMES.get(base.scheme, base.scheme)
+        return f"{scheme}://{base.netloc}{base.path.rstrip('/')}{target}"
+    host = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"host"), "")
+    return f"{scope.get('scheme', 'ws')}://{host}{target}"
+
+
+def twilio_signature_ok(config: ServerConfig, signature: str | None, url: str) -> bool:
+    """True when the server checks no Twilio signatures, or ``signature`` (the header) is
+    Twilio's for ``url`` (in one of its port forms), compared in constant time."""
+    if config.twilio_auth_token is None:
+        return True
+    if not signature:
+        return False
+    given = signature.strip().encode("latin-1", "replace")
+    ok = False
+    for candidate in port_variants(url):
+        expected = twilio_signature(config.twilio_auth_token, candidate).encode()
+        ok |= hmac.compare_digest(expected, given)
+    return ok

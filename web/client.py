@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -172,13 +172,15 @@ async def converse(
     token: str | None = None,
     on_message: Callable[[dict[str, Any]], None] | None = None,
     open_timeout: float = 30.0,
+    headers: Mapping[str, str] | None = None,
 ) -> TapResult:
     """Send ``outgoing`` (dicts as JSON text, bytes as binary), at the pace of the audio they hold
-    when ``realtime``, while collecting what the server sends, until it closes the socket."""
+    when ``realtime``, while collecting what the server sends, until it closes the socket.
+    ``headers`` go with the WebSocket upgrade request (besides the ``token``'s)."""
     from websockets.asyncio.client import connect
     from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-    headers = {"Authorization": f"Bearer {token}"} if token else None
+    headers = {**(headers or {}), **({"Authorization": f"Bearer {token}"} if token else {})}
     result = TapResult()
     try:
         ws = await connect(

@@ -144,7 +144,24 @@ def config_from_args(args: argparse.Namespace) -> Any:
         webhook_url=args.webhook,
         webhook_events=_csv(args.webhook_events) or ("verdict", "summary", "error"),
         ice_servers=_csv(args.ice_server),
+        **guard_options(args),
     )
+
+
+TWILIO_AUTH_TOKEN_ENV = "VOICESCREEN_TWILIO_AUTH_TOKEN"
+
+
+def guard_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``ServerConfig`` fields of the pace and Twilio-signature flags."""
+    return {
+        "max_realtime_factor": args.max_realtime_factor or None,  # 0: no limit
+        "realtime_burst_seconds": args.realtime_burst,
+        "rate_limit": args.rate_limit,
+        "twilio_auth_token": args.twilio_auth_token
+        or os.environ.get(TWILIO_AUTH_TOKEN_ENV)
+        or None,
+        "public_url": args.public_url,
+    }
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -153,7 +170,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     try:
         config = config_from_args(args)
-    except ValueError as e:
+        if args.fast_path:  # a start-up choice the loaded bundles carry to their runtimes
+            from dataclasses import replace
+
+            from voicescreen.web.state import load_bundles
+
+            bundles = load_bundles(list(config.bundles)).values()
+            fast = [b.with_fast_path(args.fast_path, args.backend) for b in bundles]
+            config = replace(config, bundles=fast)
+    except ValueError as e:  # ConfigError and FastPathError are ValueErrors
         return _fail(str(e))
     if not getattr(args, "verbose", 0):  # a server's own progress is worth seeing by default
         for name in ("uvicorn.error", "voicescreen.web"):
@@ -268,6 +293,7 @@ def cmd_tap(args: argparse.Namespace) -> int:
 def add_parsers(subparsers: Any) -> None:
     """Register ``serve`` and ``tap`` on the CLI's subparsers."""
     from voicescreen.audio import HOP_SECONDS
+    from voicescreen.cli import add_runtime_arguments
     from voicescreen.stream import BatchOptions, VadOptions
     from voicescreen.stream.backends import BACKENDS
     from voicescreen.web.config import ServerConfig
@@ -287,15 +313,12 @@ def add_parsers(subparsers: Any) -> None:
         help="bundle path or installed name; repeat to serve several models "
         "(default: the shipped one)",
     )
-    s.add_argument(
-        "--backend",
-        choices=list(BACKENDS),
-        default="onnx",
-        help="who scores the windows: onnx or torch in this process (default onnx), ray (a Ray "
+    add_runtime_arguments(
+        s,
+        BACKENDS,
+        "who scores the windows: onnx or torch in this process (default onnx), ray (a Ray "
         "Serve deployment), triton (a Triton server); see docs/deploy.md",
     )
-    s.add_argument("--providers", default="auto", help="ONNX providers: auto or tensorrt,cuda,cpu")
-    s.add_argument("--threads", type=int, default=None, help="intra-op threads per model")
     s.add_argument("--max-batch", type=int, default=batch.max_batch)
     s.add_argument("--max-wait-ms", type=float, default=batch.max_wait_ms)
     s.add_argument("--max-queue", type=int, default=batch.max_queue)
@@ -329,6 +352,40 @@ def add_parsers(subparsers: Any) -> None:
     )
     s.add_argument("--ice-server", help="comma-separated STUN/TURN URLs for WebRTC (default none)")
     add_remote_arguments(s)
+    from voicescreen.web.config import RATE_LIMITS
+
+    g = s.add_argument_group("stream pace and Twilio signatures")
+    g.add_argument(
+        "--max-realtime-factor",
+        type=float,
+        default=d["max_realtime_factor"].default,
+        help="fastest a stream's audio may arrive on /v1/stream and /v1/twilio, in times real "
+        "time, after a burst (0: no limit; default %(default)s)",
+    )
+    g.add_argument(
+        "--realtime-burst",
+        type=float,
+        default=d["realtime_burst_seconds"].default,
+        help="seconds of audio a stream may send ahead of that pace (default %(default)s)",
+    )
+    g.add_argument(
+        "--rate-limit",
+        choices=RATE_LIMITS,
+        default=d["rate_limit"].default,
+        help="what a stream beyond its pace gets: throttle (read at the pace; the client's "
+        "sends wait, nothing is lost) or close (ended with the error rate_limited) "
+        "(default %(default)s)",
+    )
+    g.add_argument(
+        "--twilio-auth-token",
+        help="the Twilio account's Auth Token: /v1/twilio refuses connections without a valid "
+        f"X-Twilio-Signature (or ${TWILIO_AUTH_TOKEN_ENV}, which stays out of `ps`)",
+    )
+    g.add_argument(
+        "--public-url",
+        help="this server's base URL as Twilio reaches it, when a proxy stands between them "
+        "(e.g. wss://screen.example.com): the URL Twilio signs",
+    )
     s.set_defaults(func=cmd_serve)
 
     t = subparsers.add_parser(

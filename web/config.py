@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 from voicescreen.stream import BatchOptions, SmoothingOptions, VadOptions, WindowOptions
 from voicescreen.stream.backends import BACKENDS, RayOptions, TritonOptions
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
 SAMPLE_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
 TWILIO_SINKS = ("socket", "webhook", "log")
 EVENT_TYPES = ("score", "no_speech", "overloaded", "verdict", "error", "summary")
+RATE_LIMITS = ("throttle", "close")  # what a stream sending faster than allowed gets
 
 
 @dataclass(frozen=True)
@@ -39,9 +41,19 @@ class ServerConfig:
     ``idle_timeout`` seconds without a message before a stream is ended; ``max_upload_bytes`` and
     ``max_upload_seconds`` for ``POST /v1/score``.
 
+    Pace (``/v1/stream`` and ``/v1/twilio``): a stream's audio may run at most
+    ``max_realtime_factor`` times real time, after a burst of ``realtime_burst_seconds`` of
+    audio (None: no limit). Beyond it ``rate_limit`` decides: ``throttle`` (the default) stops
+    reading the stream until its audio is back within the pace, so the client's sends wait and
+    nothing is lost; ``close`` ends the stream with the error ``rate_limited``.
+
     Twilio: where results go (``twilio_sinks``: the socket itself, a webhook, the log);
-    ``webhook_url`` and the event types posted to it. WebRTC: ``ice_servers`` (STUN/TURN URLs;
-    none by default, which suits a server the browser reaches directly).
+    ``webhook_url`` and the event types posted to it; ``twilio_auth_token``, the account's Auth
+    Token, to check the ``X-Twilio-Signature`` of each connection (None: not checked), on the URL
+    Twilio was given: ``public_url`` (the server's base URL as Twilio reaches it, behind a proxy)
+    plus the request's path and query, or the URL the request names when there is none. WebRTC:
+    ``ice_servers`` (STUN/TURN URLs; none by default, which suits a server the browser reaches
+    directly).
     """
 
     bundles: Sequence[str | Path | Bundle] = ()
@@ -74,6 +86,12 @@ class ServerConfig:
 
     ice_servers: tuple[str, ...] = ()
 
+    max_realtime_factor: float | None = 4.0
+    realtime_burst_seconds: float = 5.0
+    rate_limit: str = "throttle"
+    twilio_auth_token: str | None = None
+    public_url: str | None = None
+
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
             raise ValueError(f"unknown backend {self.backend!r}; use one of {list(BACKENDS)}")
@@ -99,3 +117,22 @@ class ServerConfig:
         unknown = set(self.webhook_events) - set(EVENT_TYPES)
         if unknown:
             raise ValueError(f"unknown event type(s) {sorted(unknown)}; use {EVENT_TYPES}")
+        if self.max_realtime_factor is not None and not self.max_realtime_factor >= 1:
+            raise ValueError(
+                f"max_realtime_factor must be at least 1, got {self.max_realtime_factor}"
+            )
+        if not self.realtime_burst_seconds > 0:
+            raise ValueError("realtime_burst_seconds must be positive")
+        if self.rate_limit not in RATE_LIMITS:
+            raise ValueError(f"unknown rate_limit {self.rate_limit!r}; use one of {RATE_LIMITS}")
+        if self.twilio_auth_token is not None and not self.twilio_auth_token:
+            raise ValueError("twilio_auth_token must be a non-empty string (or None)")
+        if self.public_url is not None:
+            parts = urlsplit(self.public_url)
+            if parts.scheme not in ("http", "https", "ws", "wss") or not parts.netloc:
+                raise ValueError(
+                    f"public_url must be an http(s) or ws(s) URL with a host, got "
+                    f"{self.public_url!r}"
+                )
+            if parts.query or parts.fragment:
+                raise ValueError(f"public_url takes no query or fragment: {self.public_url!r}")

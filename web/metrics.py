@@ -58,6 +58,7 @@ class ServerMetrics:
     latency: dict[str, Histogram] = field(default_factory=dict)  # model
     score_requests: Counter[str] = field(default_factory=Counter)  # HTTP status
     webhook: Counter[str] = field(default_factory=Counter)  # delivered | failed | dropped
+    throttled: Counter[str] = field(default_factory=Counter)  # transport -> seconds held back
 
     def observe(self, event: Event, transport: str) -> None:
         """Count one event a transport relays."""
@@ -159,6 +160,13 @@ def render(
         "counter",
         "Error events sent, by transport and code.",
         [({"transport": t, "code": c}, n) for (t, c), n in sorted(metrics.errors.items())],
+    )
+    w.family(
+        f"{p}_stream_throttled_seconds_total",
+        "counter",
+        "Seconds streams were held back for sending audio faster than the rate limit allows, "
+        "by transport.",
+        [({"transport": t}, n) for t, n in sorted(metrics.throttled.items())],
     )
     w.family(
         f"{p}_stream_windows_total",

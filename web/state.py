@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from voicescreen.models import store
 from voicescreen.models.bundle import Bundle, load_bundle
+from voicescreen.models.runtime import FastPathError, describe_text
 from voicescreen.stream import InferenceWorker
 from voicescreen.stream.backends import LOCAL_BACKENDS, BackendError, close_runtimes, open_runtimes
 from voicescreen.web.config import ServerConfig
@@ -66,7 +67,7 @@ class AppState:
             self.runtimes = open_runtimes(
                 self.bundles, config.backend, ray=config.ray, triton=config.triton, **options
             )
-        except BackendError as e:
+        except (BackendError, FastPathError) as e:
             raise ConfigError(str(e)) from e
         self.workers: dict[str, InferenceWorker] = {
             name: InferenceWorker(
@@ -86,9 +87,11 @@ class AppState:
         self._scorers: dict[str, Scorer] = {}
         self._score_slots: asyncio.Semaphore | None = None
         log.info(
-            "serving %s on %s",
-            ", ".join(f"{n} ({b.architecture})" for n, b in self.bundles.items()),
-            ", ".join(p for r in self.runtimes.values() for p in r.providers),
+            "serving %s",
+            "; ".join(
+                f"{n} ({b.architecture}) on {describe_text(self.runtimes[n])}"
+                for n, b in self.bundles.items()
+            ),
         )
 
     @property

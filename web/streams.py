@@ -4,9 +4,11 @@ messages; the session (``voicescreen.stream.Session``) does the rest."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import re
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -49,6 +51,7 @@ CLOSE_CODES = {
     "frame_too_large": CLOSE_TOO_BIG,
     "stream_too_long": CLOSE_POLICY,
     "idle_timeout": CLOSE_POLICY,
+    "rate_limited": CLOSE_POLICY,
     "too_many_streams": CLOSE_TRY_AGAIN,
     "internal": CLOSE_INTERNAL,
 }
@@ -157,6 +160,34 @@ def parse_start(
     )
 
 
+class RateLimit:
+    """One stream's audio against the wall clock, as a token bucket of audio seconds: it holds
+    up to ``burst`` seconds and refills at ``factor`` seconds per wall-clock second. A live
+    stream (real time) never empties it; a stream sent faster than ``factor`` times real time
+    empties it once it is ``burst`` seconds of audio ahead, and ``charge`` then says how long it
+    must wait to be back within its pace."""
+
+    def __init__(
+        self, factor: float, burst: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.factor = factor
+        self.burst = burst
+        self.clock = clock
+        self.credit = burst
+        self.last: float | None = None
+        self.held = 0.0  # wall seconds this stream was made to wait
+
+    def charge(self, seconds: float) -> float:
+        """Count ``seconds`` of audio received now; the wall-clock seconds the stream is ahead
+        of its pace (0.0 when within it)."""
+        now = self.clock()
+        if self.last is not None:
+            self.credit = min(self.burst, self.credit + (now - self.last) * self.factor)
+        self.last = now
+        self.credit -= seconds
+        return max(0.0, -self.credit / self.factor)
+
+
 Deliver = Callable[[Event], Awaitable[None]]
 
 
@@ -191,6 +222,38 @@ class Streams:
             self.clients[client] -= 1
             if self.clients[client] <= 0:
                 del self.clients[client]
+
+    def rate_limit(self) -> RateLimit | None:
+        """A new stream's rate limit (None when the server has none)."""
+        factor = self.config.max_realtime_factor
+        return None if factor is None else RateLimit(factor, self.config.realtime_burst_seconds)
+
+    async def keep_pace(
+        self, limit: RateLimit | None, seconds: float, transport: str, stream_id: str
+    ) -> None:
+        """After a stream received ``seconds`` more audio: when it is ahead of its pace, wait
+        until it is not (``throttle``: the stream is not read meanwhile, so the client's sends
+        wait) or raise StreamError ``rate_limited`` (``close``)."""
+        if limit is None:
+            return
+        wait = limit.charge(seconds)
+        if wait <= 0:
+            return
+        if self.config.rate_limit == "close":
+            raise StreamError(
+                "rate_limited",
+                f"audio is arriving faster than {limit.factor:g}x real time "
+                f"(beyond a {limit.burst:g} s burst)",
+            )
+        if not limit.held:
+            log.info(
+                "stream %s: audio faster than %gx real time; reading it at that pace",
+                stream_id,
+                limit.factor,
+            )
+        limit.held += wait
+        self.metrics.throttled[transport] += wait
+        await asyncio.sleep(wait)
 
     def session(
         self, fmt: AudioFormat, models: tuple[str, ...] | None, stream_id: str | None

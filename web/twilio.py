@@ -26,10 +26,10 @@ from typing import Any
 from fastapi import WebSocket
 
 from voicescreen.stream import AudioFormat, ErrorEvent, Event, Session
-from voicescreen.web.auth import token_ok
+from voicescreen.web.auth import TWILIO_SIGNATURE, token_ok, twilio_signature_ok, websocket_url
 from voicescreen.web.sinks import log_event
 from voicescreen.web.state import AppState
-from voicescreen.web.streams import CLOSE_CODES, CLOSE_NORMAL, ClientGone, StreamError
+from voicescreen.web.streams import CLOSE_CODES, CLOSE_NORMAL, ClientGone, RateLimit, StreamError
 from voicescreen.web.ws import Peer, decode_json, ended_by
 
 log = logging.getLogger(__name__)
@@ -133,6 +133,7 @@ class TwilioCall:
         self.custom: dict[str, Any] = {}
         self.sessions: dict[str, Session] = {}
         self.relays: dict[str, asyncio.Task] = {}
+        self.limits: dict[str, RateLimit | None] = {}
         self.ended: list[str] = []
         self._deadline = asyncio.get_running_loop().time() + self.config.max_stream_seconds
 
@@ -206,6 +207,7 @@ class TwilioCall:
     async def open_track(self, track: str) -> Session:
         session = self.state.streams.session(MULAW_8K, None, f"{self.stream_sid}:{track}")
         self.sessions[track] = session
+        self.limits[track] = self.state.streams.rate_limit()
         if "socket" in self.sinks and not self.peer.gone:
             started = self.state.streams.started(session, None)
             started.update(track=track, **self.context, customParameters=self.custom)
@@ -249,6 +251,9 @@ class TwilioCall:
                 "stream_too_long",
                 f"the stream passed the {self.config.max_stream_seconds:g} s limit",
             )
+        await self.state.streams.keep_pace(
+            self.limits[track], len(audio) / MULAW_8K.sample_rate, "twilio", session.stream_id
+        )
 
     async def read(self) -> str:
         """Messages until ``stop`` or the end of the socket; returns how it ended."""
@@ -312,6 +317,15 @@ async def twilio_endpoint(websocket: WebSocket) -> None:
     """``WS /v1/twilio``."""
     state: AppState = websocket.app.state.voicescreen
     peer = Peer(websocket, state, "twilio")
+    signature = websocket.headers.get(TWILIO_SIGNATURE)
+    url = websocket_url(state.config, websocket.scope)
+    if not twilio_signature_ok(state.config, signature, url):
+        await peer.deny(
+            403,
+            "bad_signature",
+            f"{'wrong' if signature else 'missing'} X-Twilio-Signature",
+        )
+        return
     admitted = await peer.admit(defer_token=True)
     if admitted is False:
         return

@@ -160,6 +160,7 @@ async def pump(peer: Peer, session: Session, deadline: float) -> None:
     """Audio frames into the session until ``stop``, a disconnect or an error."""
     config = peer.config
     loop = asyncio.get_running_loop()
+    limit = peer.state.streams.rate_limit()
     while True:
         try:
             message = await peer.receive()
@@ -178,12 +179,20 @@ async def pump(peer: Peer, session: Session, deadline: float) -> None:
                     f"a {len(data)}-byte frame; the limit is {config.max_frame_bytes} bytes",
                 )
                 return
+            before = session.duration
             session.push(data)
             if session.duration > config.max_stream_seconds or loop.time() > deadline:
                 session.fail(
                     "stream_too_long",
                     f"the stream passed the {config.max_stream_seconds:g} s limit",
                 )
+                return
+            try:
+                await peer.state.streams.keep_pace(
+                    limit, session.duration - before, peer.transport, session.stream_id
+                )
+            except StreamError as e:
+                session.fail(e.code, e.message)
                 return
             continue
         try:
