@@ -55,6 +55,7 @@ class _Slot:
     status: str  # pending | no_speech | shed
     future: asyncio.Future[Result] | None = None
     done_at: float | None = None
+    shed_reason: str = "queue full"
 
     @property
     def ready(self) -> bool:
@@ -220,8 +221,10 @@ class Session:
     def _resolved(self, track: _Track, slot: _Slot) -> None:
         slot.done_at = self._clock()
         future = slot.future
-        if not future.cancelled() and isinstance(future.exception(), Overloaded):
-            slot.status = "shed"  # refused downstream (a remote runtime at capacity): as if shed
+        error = None if future.cancelled() else future.exception()
+        if isinstance(error, Overloaded):
+            slot.status = "shed"  # too late, or refused downstream (a remote runtime at capacity)
+            slot.shed_reason = error.reason
         self._drain(track)
         self._maybe_finish()
 
@@ -238,6 +241,9 @@ class Session:
         while track.slots and track.slots[0].ready:
             slot = track.slots.popleft()
             if slot.status == "shed":
+                if shed and shed[-1].shed_reason != slot.shed_reason:
+                    self._emit_shed(track, shed)
+                    shed = []
                 shed.append(slot)
                 continue
             self._emit_shed(track, shed)
@@ -256,6 +262,7 @@ class Session:
                 windows=[s.window.index for s in shed],
                 start=shed[0].window.start / SAMPLE_RATE,
                 end=shed[-1].window.end / SAMPLE_RATE,
+                reason=shed[0].shed_reason,
             )
         )
 

@@ -55,9 +55,18 @@ class BatchOptions:
     max_batch: int = 16
     max_wait_ms: float = 20.0
     max_queue: int = 256
+    # A window still queued this long after it was submitted is shed when the next batch is
+    # formed (an ``overloaded`` event): its verdict would come too late to matter, and scoring
+    # it would make every later window later still. 0: no limit (every window waits its turn).
+    max_delay_ms: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.max_batch < 1 or self.max_queue < 1 or self.max_wait_ms < 0:
+        if (
+            self.max_batch < 1
+            or self.max_queue < 1
+            or self.max_wait_ms < 0
+            or self.max_delay_ms < 0
+        ):
             raise ValueError(f"impossible batch options {self}")
 
 
@@ -199,7 +208,7 @@ class InferenceWorker:
         """Score one window, waiting for it; raises ``Overloaded`` when it was shed."""
         future = self.submit(samples)
         if future is None:
-            raise Overloaded(self.name)
+            raise Overloaded(self.name, "queue full")
         return await future
 
     def _ensure_started(self) -> None:
@@ -237,12 +246,27 @@ class InferenceWorker:
 
     def _next_batch(self) -> list[_Item]:
         batch: list[_Item] = []
+        max_delay = self.options.max_delay_ms / 1000
+        stale_before = self._loop.time() - max_delay if max_delay > 0 else None
+        stale = 0
         while self._queue and len(batch) < self.options.max_batch:
             item = self._queue.popleft()
             if item.future.cancelled():
                 self.metrics.cancelled += 1
+            elif stale_before is not None and item.submitted < stale_before:
+                stale += 1
+                item.future.set_exception(
+                    Overloaded(
+                        f"{self.name}: waited over {self.options.max_delay_ms:g} ms", "too late"
+                    )
+                )
             else:
                 batch.append(item)
+        if stale:
+            self.metrics.shed += stale
+            log.warning(
+                "%s: %d windows shed after waiting over %g ms", self.name, stale, 1000 * max_delay
+            )
         return batch
 
     async def _run(self) -> None:
@@ -280,7 +304,7 @@ class InferenceWorker:
                 self.metrics.shed += len(batch)
                 for item in batch:
                     if not item.future.done():
-                        item.future.set_exception(Overloaded(f"{self.name}: {e}"))
+                        item.future.set_exception(Overloaded(f"{self.name}: {e}", e.reason))
                 return
             except Exception as e:
                 log.exception("%s: model call failed on a batch of %d", self.name, len(batch))
@@ -349,8 +373,13 @@ def load_workers(
 
 
 class Overloaded(RuntimeError):
-    """A window was shed: the worker's queue was full, or a remote runtime refused the batch
-    for want of capacity (runtimes raise it for that)."""
+    """A window was shed: the worker's queue was full, it waited past the latency budget, or a
+    remote runtime refused the batch for want of capacity (runtimes raise it for that).
+    ``reason`` is the short form the ``overloaded`` event carries."""
+
+    def __init__(self, message: str, reason: str = "refused") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class ModelError(RuntimeError):

@@ -105,6 +105,36 @@ def test_full_queue_sheds_and_counts():
     assert (w.metrics.scored, w.metrics.shed, w.metrics.submitted) == (3, 2, 5)
 
 
+def test_windows_queued_past_the_latency_budget_are_shed():
+    """A model slower than the stream: windows that waited over max_delay_ms are refused with
+    Overloaded when the next batch is formed, so the ones after them are not delayed further."""
+    from voicescreen.stream.worker import Overloaded
+
+    class SlowRuntime(MeanRuntime):
+        def __call__(self, x):
+            threading.Event().wait(0.15)
+            return super().__call__(x)
+
+    rt = SlowRuntime()
+
+    async def main():
+        async with worker(rt, max_batch=1, max_wait_ms=0, max_delay_ms=100) as w:
+            futures = [w.submit(window(i)) for i in range(4)]
+            results = await asyncio.gather(*futures, return_exceptions=True)
+            late = w.submit(window(9))  # the queue is empty again: scored at once
+            return w, results, await late
+
+    w, results, late = run(main())
+    # window 0 runs at once; 1-3 wait 150 ms behind it, over the 100 ms budget
+    assert not isinstance(results[0], Exception)
+    assert all(isinstance(r, Overloaded) for r in results[1:]), results
+    assert "waited over 100 ms" in str(results[1]) and results[1].reason == "too late"
+    assert late.raw == pytest.approx(9.0)
+    assert (w.metrics.scored, w.metrics.shed, w.metrics.submitted) == (2, 3, 5)
+    with pytest.raises(ValueError):
+        BatchOptions(max_delay_ms=-1)
+
+
 def test_cancelled_windows_are_not_run():
     rt = MeanRuntime()
 

@@ -13,6 +13,9 @@ from typing import Any
 log = logging.getLogger("voicescreen")
 
 TOKEN_ENV = "VOICESCREEN_TOKEN"
+# The server's latency budget: a window not in a batch 2 s after it was cut is shed and reported
+# (overloaded) rather than scored ever later; the library's BatchOptions default is no limit.
+SERVE_MAX_DELAY_MS = 2000.0
 
 
 def _fail(message: str) -> int:
@@ -128,7 +131,10 @@ def config_from_args(args: argparse.Namespace) -> Any:
         providers=args.providers,
         threads=args.threads,
         batch=BatchOptions(
-            max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue
+            max_batch=args.max_batch,
+            max_wait_ms=args.max_wait_ms,
+            max_queue=args.max_queue,
+            max_delay_ms=args.max_delay_ms,
         ),
         ray=ray_options_from_args(args),
         triton=triton_options_from_args(args),
@@ -322,6 +328,13 @@ def add_parsers(subparsers: Any) -> None:
     s.add_argument("--max-batch", type=int, default=batch.max_batch)
     s.add_argument("--max-wait-ms", type=float, default=batch.max_wait_ms)
     s.add_argument("--max-queue", type=int, default=batch.max_queue)
+    s.add_argument(
+        "--max-delay-ms",
+        type=float,
+        default=SERVE_MAX_DELAY_MS,
+        help="shed a window still queued this long, with an overloaded event; 0: never "
+        f"(default {SERVE_MAX_DELAY_MS:g})",
+    )
     s.add_argument("--hop", type=float, default=HOP_SECONDS, help="window hop in seconds")
     s.add_argument(
         "--min-voiced",
