@@ -32,7 +32,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -344,7 +344,7 @@ def train_frozen(
         torch.manual_seed(T._mix(recipe.seed, epoch, 2))  # dropout
         order = np.random.default_rng(T._mix(recipe.seed, epoch, 1)).permutation(n_train)
         model.train()
-        total_loss, total_correct, seen = 0.0, 0, 0
+        tally = T.EpochTally()
         bar = tqdm(
             range(0, n_train, recipe.batch_size),
             desc=f"epoch {epoch}/{recipe.epochs}",
@@ -369,36 +369,23 @@ def train_frozen(
                 torch.nn.utils.clip_grad_norm_(params, recipe.grad_clip)
             optimizer.step()
             step += 1
-            n = y.numel()
-            total_loss += float(loss.detach()) * n
-            total_correct += int((logits.argmax(dim=1) == y).sum())
-            seen += n
-            bar.set_postfix(
-                loss=f"{total_loss / seen:.4f}", acc=f"{total_correct / seen:.3f}", lr=f"{lr:.2e}"
-            )
+            tally.add(loss, logits, y)
+            bar.set_postfix(**tally.postfix(lr))
         bar.close()
-        row: dict[str, Any] = {
-            "epoch": epoch,
-            "step": step,
-            "lr": lr,
-            "train_loss": total_loss / seen,
-            "train_acc": total_correct / seen,
-        }
-        if recipe.eval_every and (epoch % recipe.eval_every == 0 or epoch == recipe.epochs):
-            row.update(_dev_figures(model, k, dev_features, dev_targets, criterion))
-        row["time_s"] = round(time.time() - t0, 2)
-        history.append(row)
-        path = T.save_checkpoint(
+        T.end_epoch(
             out,
+            recipe,
             epoch=epoch,
             step=step,
+            lr=lr,
+            tally=tally,
+            started=t0,
+            history=history,
             model=model,
             optimizer=optimizer,
             scaler=None,
-            recipe=recipe,
-            history=history,
+            dev=lambda: _dev_figures(model, k, dev_features, dev_targets, criterion),
         )
-        log.info("epoch %d: %s (checkpoint %s)", epoch, T._fmt_row(row), path)
 
     for p in model.parameters():
         p.requires_grad_(True)

@@ -31,7 +31,7 @@ import shutil
 import sys
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -325,6 +325,67 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return state
 
 
+class EpochTally:
+    """Running loss and accuracy of one epoch's training batches (the study's figures)."""
+
+    def __init__(self) -> None:
+        self.loss, self.correct, self.seen = 0.0, 0, 0
+
+    def add(self, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
+        n = y.numel()
+        self.loss += float(loss.detach()) * n
+        self.correct += int((logits.argmax(dim=1) == y).sum())
+        self.seen += n
+
+    def postfix(self, lr: float) -> dict[str, str]:
+        return {
+            "loss": f"{self.loss / self.seen:.4f}",
+            "acc": f"{self.correct / self.seen:.3f}",
+            "lr": f"{lr:.2e}",
+        }
+
+
+def end_epoch(
+    out: Path,
+    recipe: Recipe,
+    *,
+    epoch: int,
+    step: int,
+    lr: float,
+    tally: EpochTally,
+    started: float,
+    history: list[dict],
+    model: nn.Module,
+    optimizer: Any,
+    scaler: Any,
+    dev: Callable[[], dict[str, float]],
+) -> None:
+    """The epoch's history row (with the dev figures every ``eval_every`` epochs and at the
+    last), appended to ``history``, and its checkpoint."""
+    row: dict[str, Any] = {
+        "epoch": epoch,
+        "step": step,
+        "lr": lr,
+        "train_loss": tally.loss / tally.seen,
+        "train_acc": tally.correct / tally.seen,
+    }
+    if recipe.eval_every and (epoch % recipe.eval_every == 0 or epoch == recipe.epochs):
+        row.update(dev())
+    row["time_s"] = round(time.time() - started, 2)
+    history.append(row)
+    path = save_checkpoint(
+        out,
+        epoch=epoch,
+        step=step,
+        model=model,
+        optimizer=optimizer,
+        scaler=scaler,
+        recipe=recipe,
+        history=history,
+    )
+    log.info("epoch %d: %s (checkpoint %s)", epoch, _fmt_row(row), path)
+
+
 def restore_checkpoint(
     out: Path, recipe: Recipe, model: nn.Module, optimizer: Any, scaler: Any
 ) -> tuple[list[dict], int, int]:
@@ -576,7 +637,7 @@ def _train_torch(
         sampler.set_epoch(epoch)
         torch.manual_seed(_mix(recipe.seed, epoch, 2))  # dropout, frequency masks
         model.train()
-        total_loss, total_correct, seen = 0.0, 0, 0
+        tally = EpochTally()
         bar = tqdm(
             loader,
             total=steps_per_epoch,
@@ -604,36 +665,23 @@ def _train_torch(
             scaler.step(optimizer)
             scaler.update()
             step += 1
-            n = y.numel()
-            total_loss += float(loss.detach()) * n
-            total_correct += int((logits.argmax(dim=1) == y).sum())
-            seen += n
-            bar.set_postfix(
-                loss=f"{total_loss / seen:.4f}", acc=f"{total_correct / seen:.3f}", lr=f"{lr:.2e}"
-            )
+            tally.add(loss, logits, y)
+            bar.set_postfix(**tally.postfix(lr))
         bar.close()
-        row: dict[str, Any] = {
-            "epoch": epoch,
-            "step": step,
-            "lr": lr,
-            "train_loss": total_loss / seen,
-            "train_acc": total_correct / seen,
-        }
-        if recipe.eval_every and (epoch % recipe.eval_every == 0 or epoch == recipe.epochs):
-            row.update(dev_figures(model, recipe, dev_utts, device, recipe.batch_size, progress))
-        row["time_s"] = round(time.time() - t0, 2)
-        history.append(row)
-        path = save_checkpoint(
+        end_epoch(
             out,
+            recipe,
             epoch=epoch,
             step=step,
+            lr=lr,
+            tally=tally,
+            started=t0,
+            history=history,
             model=model,
             optimizer=optimizer,
             scaler=scaler,
-            recipe=recipe,
-            history=history,
+            dev=lambda: dev_figures(model, recipe, dev_utts, device, recipe.batch_size, progress),
         )
-        log.info("epoch %d: %s (checkpoint %s)", epoch, _fmt_row(row), path)
 
     done = history[-1]["epoch"] if history else 0
     model = model.cpu().eval()
