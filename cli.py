@@ -47,9 +47,10 @@ def add_runtime_arguments(
     parser: argparse.ArgumentParser | argparse._ArgumentGroup,
     backends: tuple[str, ...] = ("onnx", "torch"),
     backend_help: str | None = None,
+    streams: bool = False,
 ) -> None:
-    """``--backend``, ``--providers``, ``--threads`` and ``--fast-path``: how a command runs its
-    models in this process."""
+    """``--backend``, ``--providers``, ``--threads`` and ``--fast-path`` (and, for commands that
+    score streams, ``--reuse``): how a command runs its models in this process."""
     from voicescreen.models.runtime import FAST_BACKEND
 
     parser.add_argument("--backend", choices=list(backends), default="onnx", help=backend_help)
@@ -64,6 +65,14 @@ def add_runtime_arguments(
         "10-18%% faster, ~1 s to build) or bf16 (--backend torch, lossy, ~2x, compiling takes "
         "20-60 s and a C++ compiler); int8 is a bundle of its own: `voicescreen optimize --int8`",
     )
+    if streams:
+        parser.add_argument(
+            "--reuse",
+            action="store_true",
+            help="AASIST/AASIST-L, --backend onnx: reuse each stream's encoder frames across "
+            "overlapping windows (same scores, ~2x fewer encoder samples per window); window "
+            "starts move onto the encoder's 2187-sample grid (hop 1 s -> 0.957 s)",
+        )
 
 
 def runtime_options(args: argparse.Namespace) -> dict:
@@ -71,6 +80,8 @@ def runtime_options(args: argparse.Namespace) -> dict:
     options: dict = {"threads": args.threads}
     if args.backend == "onnx":
         options["providers"] = args.providers
+    if getattr(args, "reuse", False):
+        options["reuse"] = True
     return options
 
 

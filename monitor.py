@@ -732,7 +732,7 @@ def _load_workers(args: argparse.Namespace) -> dict[str, Scorer] | str:
         return str(e)
     for name, worker in workers.items():
         log.info("%s runs on %s", name, describe_text(worker.runtime))
-        if args.fast_path:  # asked for: say what it built (the view does not show it)
+        if args.fast_path or args.reuse:  # asked for: say what it built (the view does not)
             print(
                 f"voicescreen monitor: {name} on {describe_text(worker.runtime)}",
                 file=sys.stderr,
@@ -827,7 +827,7 @@ def add_parsers(subparsers: Any) -> argparse.ArgumentParser:
         metavar="F",
         help="voiced fraction a window needs to be scored (default 0.3)",
     )
-    add_runtime_arguments(m)
+    add_runtime_arguments(m, streams=True)
     o = s.add_argument_group("output")
     o.add_argument(
         "--jsonl",

@@ -292,22 +292,42 @@ def _scored(model: nn.Module, convention: str) -> nn.Module:
 
 def export_onnx(model: nn.Module, convention: str, input_samples: int) -> bytes:
     """The model (eval mode) as ONNX bytes with a dynamic batch axis."""
-    import warnings
-
     import torch
 
     example = torch.zeros(2, input_samples)
     example[:, ::97] = 0.1  # any non-silent input; values do not matter for tracing
+    return trace_onnx(
+        _scored(model.eval(), convention),
+        example,
+        input_names=[ONNX_INPUT],
+        output_names=list(ONNX_OUTPUTS),
+        dynamic_axes={ONNX_INPUT: {0: "batch"}, "logits": {0: "batch"}, "score": {0: "batch"}},
+    )
+
+
+def trace_onnx(
+    module: nn.Module,
+    example: torch.Tensor,
+    *,
+    input_names: list[str],
+    output_names: list[str],
+    dynamic_axes: Mapping[str, Mapping[int, str]],
+) -> bytes:
+    """``module`` (eval mode) traced on ``example`` into ONNX bytes (opset ``ONNX_OPSET``)."""
+    import warnings
+
+    import torch
+
     buf = io.BytesIO()
     with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
         warnings.simplefilter("ignore")  # the TorchScript exporter announces its deprecation
         torch.onnx.export(
-            _scored(model.eval(), convention),
+            module.eval(),
             (example,),
             buf,
-            input_names=[ONNX_INPUT],
-            output_names=list(ONNX_OUTPUTS),
-            dynamic_axes={ONNX_INPUT: {0: "batch"}, "logits": {0: "batch"}, "score": {0: "batch"}},
+            input_names=input_names,
+            output_names=output_names,
+            dynamic_axes={k: dict(v) for k, v in dynamic_axes.items()},
             opset_version=ONNX_OPSET,
             dynamo=False,
         )

@@ -31,6 +31,7 @@ import numpy as np
 
 if TYPE_CHECKING:
     from voicescreen.models.bundle import Bundle
+    from voicescreen.models.incremental import IncrementalRuntime
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,37 @@ def resolve_providers(providers: Sequence[str] | str | None) -> list[str]:
     return chosen
 
 
+def ort_session(
+    onnx_model: bytes | str | Path,
+    *,
+    name: str = "model",
+    providers: Sequence[str] | str | None = None,
+    threads: int | None = None,
+):
+    """An ONNX Runtime inference session on the first available of ``providers`` (the CPU when
+    none is), with every graph optimisation and without the CPU memory arena."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads:
+        options.intra_op_num_threads = threads
+    options.log_severity_level = 3  # errors only: a missing GPU is reported by us, once
+    # ONNX Runtime's CPU arena keeps the peak of every batch it has run (GBs for AASIST at
+    # batch 16) for the session's life and never hands it back; without it, the big
+    # activations go straight to the allocator and are returned after each run. Measured:
+    # the WebSocket test file's peak RSS 10.8 -> 3.2 GB, same run time.
+    options.enable_cpu_mem_arena = False
+    requested = resolve_providers(providers)
+    model = onnx_model if isinstance(onnx_model, bytes) else str(onnx_model)
+    session = ort.InferenceSession(model, options, providers=requested)
+    got = session.get_providers()
+    if got[0] != requested[0]:
+        log.warning("%s: %s unavailable, running on %s", name, requested[0], got[0])
+    log.info("%s: onnxruntime on %s", name, ", ".join(got))
+    return session
+
+
 class OnnxRuntime:
     """An ONNX Runtime session over a bundle's ``model.onnx``."""
 
@@ -94,28 +126,11 @@ class OnnxRuntime:
         providers: Sequence[str] | str | None = None,
         threads: int | None = None,
     ) -> None:
-        import onnxruntime as ort
-
         self.name = name
         self.input_samples = input_samples
         self.fast_path: str | None = None  # set by the builders below and by int8 bundles
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if threads:
-            options.intra_op_num_threads = threads
-        options.log_severity_level = 3  # errors only: a missing GPU is reported by us, once
-        # ONNX Runtime's CPU arena keeps the peak of every batch it has run (GBs for AASIST at
-        # batch 16) for the session's life and never hands it back; without it, the big
-        # activations go straight to the allocator and are returned after each run. Measured:
-        # the WebSocket test file's peak RSS 10.8 -> 3.2 GB, same run time.
-        options.enable_cpu_mem_arena = False
-        requested = resolve_providers(providers)
-        model = onnx_model if isinstance(onnx_model, bytes) else str(onnx_model)
-        self.session = ort.InferenceSession(model, options, providers=requested)
+        self.session = ort_session(onnx_model, name=name, providers=providers, threads=threads)
         self.providers = self.session.get_providers()
-        if self.providers[0] != requested[0]:
-            log.warning("%s: %s unavailable, running on %s", name, requested[0], self.providers[0])
-        log.info("%s: onnxruntime on %s", name, ", ".join(self.providers))
 
     def __call__(self, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         x = check_batch(windows, self.input_samples)
@@ -329,16 +344,30 @@ def bf16_runtime(
 
 
 def open_runtime(
-    bundle: Bundle, backend: str = "onnx", *, fast_path: str | None = None, **options: Any
-) -> OnnxRuntime | TorchRuntime:
+    bundle: Bundle,
+    backend: str = "onnx",
+    *,
+    fast_path: str | None = None,
+    reuse: bool = False,
+    **options: Any,
+) -> OnnxRuntime | TorchRuntime | IncrementalRuntime:
     """A runtime for ``bundle`` on ``backend`` (``onnx`` or ``torch``), on ``fast_path``
-    (``exact``, ``bf16`` or None) when given; ``options`` go to the runtime (``providers``,
-    ``threads``, ``device``). Raises ``FastPathError`` (a ``ValueError``) saying why a fast path
-    cannot run, and ``BundleError`` for the torch backend on an int8 bundle."""
+    (``exact``, ``bf16`` or None) when given; ``reuse``: one that reuses each stream's encoder
+    frames across overlapping windows (``models.incremental``; AASIST family, onnx, plain or
+    exact). ``options`` go to the runtime (``providers``, ``threads``, ``device``). Raises
+    ``FastPathError`` (a ``ValueError``) saying why a fast path or reuse cannot run, and
+    ``BundleError`` for the torch backend on an int8 bundle."""
     from voicescreen.models.bundle import ONNX_FILE, BundleError
 
     if backend not in ("onnx", "torch"):
         raise ValueError(f"unknown backend {backend!r}; use 'onnx' or 'torch'")
+    if reuse:
+        from voicescreen.models.incremental import IncrementalRuntime
+
+        if backend != "onnx":
+            raise FastPathError("encoder reuse runs on the onnx backend, not torch")
+        options.pop("device", None)
+        return IncrementalRuntime(bundle, fast_path=fast_path, **options)
     if fast_path is not None:
         check_fast_path(bundle, fast_path, backend)
         build = exact_runtime if fast_path == "exact" else bf16_runtime
@@ -371,6 +400,7 @@ def describe(runtime: Any) -> dict[str, Any]:
         "backend": getattr(runtime, "backend", "?"),
         "providers": list(getattr(runtime, "providers", [])),
         "fast_path": getattr(runtime, "fast_path", None),
+        "reuse": bool(getattr(runtime, "reuse", False)),
     }
 
 
@@ -378,4 +408,5 @@ def describe_text(runtime: Any) -> str:
     """``describe`` in words: ``onnx on CPUExecutionProvider, fast path exact``."""
     d = describe(runtime)
     text = f"{d['backend']} on {', '.join(d['providers'])}"
-    return text + (f", fast path {d['fast_path']}" if d["fast_path"] else "")
+    text += f", fast path {d['fast_path']}" if d["fast_path"] else ""
+    return text + (", encoder reuse" if d["reuse"] else "")

@@ -20,11 +20,12 @@ import time
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from voicescreen.audio import SAMPLE_RATE, AudioError
+from voicescreen.models.incremental import aligned_hop
 from voicescreen.stream.codecs import AudioFormat, check_samples, decode
 from voicescreen.stream.events import (
     ErrorEvent,
@@ -40,7 +41,7 @@ from voicescreen.stream.resample import Resampler
 from voicescreen.stream.smoothing import Smoother, SmoothingOptions, decide
 from voicescreen.stream.vad import VadOptions, VoiceGate
 from voicescreen.stream.windows import StreamWindow, Windower, WindowOptions
-from voicescreen.stream.worker import Overloaded, Result, Scorer, percentile
+from voicescreen.stream.worker import Overloaded, Result, Scorer, StreamScorer, percentile
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,11 @@ class _Track:
     ) -> None:
         self.name = name
         self.scorer = scorer
+        open_stream = getattr(scorer, "open_stream", None)
+        self.stream: StreamScorer | None = open_stream() if open_stream else None
+        stride = getattr(scorer, "stride", None)
+        if stride:  # the scorer reuses work between windows that start on its grid
+            window = replace(window, hop_seconds=aligned_hop(window.hop_seconds, stride))
         self.windower = Windower(window.resolve(scorer.input_samples))
         self.smoother = Smoother(smoothing)
         self.slots: deque[_Slot] = deque()
@@ -210,7 +216,10 @@ class Session:
         if voiced is not None and voiced < self.vad.min_voiced:
             track.slots.append(_Slot(w, voiced, now, "no_speech"))
             return
-        future = track.scorer.submit(w.samples)
+        if track.stream is not None:
+            future = track.stream.submit(w)
+        else:
+            future = track.scorer.submit(w.samples)
         if future is None:
             track.slots.append(_Slot(w, voiced, now, "shed"))
             return

@@ -18,6 +18,11 @@ raises ``Overloaded``, and those windows are shed (and reported) the same way.
 
 A ``Cascade`` has the same interface: a cheap model scores every window and an expensive one
 re-scores only the windows whose cheap calibrated score lies within ``band`` of the threshold.
+
+A session scores through ``open_stream()``: a handle per stream that takes whole ``StreamWindow``s.
+For most runtimes it just submits the samples; a runtime that reuses each stream's encoder
+frames across overlapping windows (``takes_jobs``: ``models.incremental``) is handed, per window,
+its samples, where it starts and that stream's frames, and needs window starts on its ``stride``.
 """
 
 from __future__ import annotations
@@ -35,9 +40,11 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from voicescreen.models.bundle import ScoreSpec
+from voicescreen.models.incremental import Job, StreamFrames
 
 if TYPE_CHECKING:
     from voicescreen.models.bundle import Bundle
+    from voicescreen.stream.windows import StreamWindow
 
 log = logging.getLogger(__name__)
 
@@ -82,13 +89,23 @@ class Result:
     screen: float | None = None  # cascade: the cheap model's calibrated score
 
 
+class StreamScorer(Protocol):
+    """One stream's handle on a scorer: windows in, in stream order."""
+
+    def submit(self, window: StreamWindow) -> asyncio.Future[Result] | None: ...
+
+
 class Scorer(Protocol):
-    """What a session submits windows to: an ``InferenceWorker`` or a ``Cascade``."""
+    """What a session submits windows to: an ``InferenceWorker`` or a ``Cascade``. ``stride``:
+    window starts a multiple of it let the scorer reuse work across windows (None: any hop)."""
 
     name: str
     input_samples: int
+    stride: int | None
 
     def submit(self, samples: np.ndarray) -> asyncio.Future[Result] | None: ...
+
+    def open_stream(self) -> StreamScorer: ...
 
 
 @dataclass
@@ -126,9 +143,24 @@ class WorkerMetrics:
 
 @dataclass
 class _Item:
-    samples: np.ndarray
+    samples: np.ndarray | Job
     future: asyncio.Future[Result]
     submitted: float  # loop time
+
+
+class WorkerStream:
+    """A stream's handle on a worker (``InferenceWorker.open_stream``)."""
+
+    def __init__(self, worker: InferenceWorker) -> None:
+        self.worker = worker
+        self.frames = StreamFrames() if worker.takes_jobs else None
+
+    def submit(self, window: StreamWindow) -> asyncio.Future[Result] | None:
+        if self.frames is None:
+            return self.worker.submit(window.samples)
+        plain = window.early or window.end - window.start != window.samples.size
+        start = None if plain else window.start
+        return self.worker.submit(Job(window.samples, start, self.frames))
 
 
 class InferenceWorker:
@@ -146,6 +178,8 @@ class InferenceWorker:
     ) -> None:
         self.runtime = runtime
         self.concurrency = max(1, int(getattr(runtime, "concurrency", 1)))
+        self.takes_jobs = bool(getattr(runtime, "takes_jobs", False))
+        self.stride: int | None = getattr(runtime, "stride", None) if self.takes_jobs else None
         self.name = name
         self.input_samples = input_samples
         self.score_spec = score
@@ -182,16 +216,22 @@ class InferenceWorker:
     def queued(self) -> int:
         return len(self._queue)
 
-    def submit(self, samples: np.ndarray) -> asyncio.Future[Result] | None:
-        """Queue one (input_samples,) window; None when the queue is full and it was shed.
+    def open_stream(self) -> WorkerStream:
+        """A handle for one stream's windows (it holds what the runtime reuses between them)."""
+        return WorkerStream(self)
+
+    def submit(self, samples: np.ndarray | Job) -> asyncio.Future[Result] | None:
+        """Queue one (input_samples,) window (or, for a runtime that ``takes_jobs``, a ``Job``);
+        None when the queue is full and it was shed.
 
         Call from the event loop's thread. Cancel the future to withdraw a window not yet run.
         """
         if self._closed:
             raise RuntimeError(f"worker {self.name} is closed")
-        if samples.shape != (self.input_samples,):
+        job = samples if isinstance(samples, Job) else Job(samples)
+        if job.samples.shape != (self.input_samples,):
             raise ValueError(
-                f"{self.name} scores ({self.input_samples},) windows, got {samples.shape}"
+                f"{self.name} scores ({self.input_samples},) windows, got {job.samples.shape}"
             )
         self._ensure_started()
         self.metrics.submitted += 1
@@ -199,7 +239,8 @@ class InferenceWorker:
             self.metrics.shed += 1
             return None
         future = self._loop.create_future()
-        self._queue.append(_Item(samples, future, self._loop.time()))
+        payload = job if self.takes_jobs else job.samples
+        self._queue.append(_Item(payload, future, self._loop.time()))
         if self._wake is not None and not self._wake.done() and len(self._queue) >= self._want:
             self._wake.set_result(None)
         return future
@@ -290,7 +331,10 @@ class InferenceWorker:
         """One model call: score ``batch`` and settle its futures; always frees its slot."""
         loop = self._loop
         try:
-            x = np.stack([item.samples for item in batch])
+            if self.takes_jobs:
+                x = [item.samples for item in batch]
+            else:
+                x = np.stack([item.samples for item in batch])
             t0 = loop.time()
             try:
                 _, raw = await loop.run_in_executor(self._executor, self.runtime, x)
@@ -412,8 +456,24 @@ class Cascade:
         self.input_samples = screen.input_samples
         self.metrics = CascadeMetrics()
 
+    @property
+    def stride(self) -> int | None:
+        return self.expert.stride
+
     def submit(self, samples: np.ndarray) -> asyncio.Future[Result] | None:
-        first = self.screen.submit(samples)
+        return self._route(lambda: self.screen.submit(samples), lambda: self.expert.submit(samples))
+
+    def open_stream(self) -> CascadeStream:
+        return CascadeStream(self)
+
+    def _route(
+        self,
+        screen: Callable[[], asyncio.Future[Result] | None],
+        expert: Callable[[], asyncio.Future[Result] | None],
+    ) -> asyncio.Future[Result] | None:
+        """Submit a window to the screen (``screen()``), and to the expert (``expert()``) when
+        the screen finds it close."""
+        first = screen()
         if first is None:
             return None
         self.metrics.submitted += 1
@@ -444,7 +504,7 @@ class Cascade:
             if abs(r.calibrated) > self.band:
                 out.set_result(replace(r, model=self.name, screen=r.calibrated))
                 return
-            second = self.expert.submit(samples)
+            second = expert()
             if second is None:
                 self.metrics.escalations_shed += 1
                 out.set_result(replace(r, model=self.name, screen=r.calibrated))
@@ -456,6 +516,20 @@ class Cascade:
         first.add_done_callback(screened)
         out.add_done_callback(lambda o: first.cancel() if o.cancelled() else None)
         return out
+
+
+class CascadeStream:
+    """A stream's handle on a cascade: a handle on each of its two workers."""
+
+    def __init__(self, cascade: Cascade) -> None:
+        self.cascade = cascade
+        self.screen = cascade.screen.open_stream()
+        self.expert = cascade.expert.open_stream()
+
+    def submit(self, window: StreamWindow) -> asyncio.Future[Result] | None:
+        return self.cascade._route(
+            lambda: self.screen.submit(window), lambda: self.expert.submit(window)
+        )
 
 
 def percentile(values: list[float] | deque[float], p: float) -> float | None:

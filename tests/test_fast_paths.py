@@ -101,11 +101,22 @@ def test_fast_paths_refuse_what_they_cannot_run(bundle, data_dir, gmm_bundle):
         open_runtimes({bundle.name: bundle.with_fast_path("exact")}, "triton")
 
 
-def test_serve_fast_path_exact_scores_a_stream(bundle, clip):
+@pytest.mark.parametrize(
+    "flags, fast_path, reuse, hop",
+    [
+        (["--fast-path", "exact"], "exact", False, 1.0),
+        (["--reuse"], None, True, 7 * 2187 / 16000),  # window starts on the encoder's grid
+        (["--reuse", "--fast-path", "exact"], "exact", True, 7 * 2187 / 16000),
+    ],
+    ids=["exact", "reuse", "reuse-exact"],
+)
+def test_serve_runtime_options_score_a_stream(bundle, clip, flags, fast_path, reuse, hop):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    args = ["serve", "--bundle", str(bundle.source), "--port", str(port), "--fast-path", "exact"]
+    # The clip goes in faster than real time: no latency budget, so a busy machine sheds nothing.
+    args = ["serve", "--bundle", str(bundle.source), "--port", str(port), "--max-delay-ms", "0"]
+    args += flags
     server = subprocess.Popen(
         [*VOICESCREEN, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )
@@ -123,24 +134,28 @@ def test_serve_fast_path_exact_scores_a_stream(bundle, clip):
         assert model["runtime"] == {
             "backend": "onnx",
             "providers": ["CPUExecutionProvider"],
-            "fast_path": "exact",
+            "fast_path": fast_path,
+            "reuse": reuse,
         }
         url = f"ws://127.0.0.1:{port}/v1/stream"
         result = run(converse(url, pcm_messages(clip), realtime=False))
     finally:
         server.terminate()
         _, log = server.communicate(timeout=GUARD)
-    assert "fast path exact" in log  # the start-up log names the path of each model
-    offline = Scorer(bundle).score_file(clip)
+    # the start-up log names the path of each model
+    assert ("fast path exact" in log) == (fast_path == "exact")
+    assert ("encoder reuse" in log and "hop 1.000 s -> 0.957 s" in log) == reuse
+    offline = Scorer(bundle).score_file(clip, hop=hop)
     scored = {
         (m["start"], m["end"]): m["raw"]
         for m in result.messages
         if m["type"] == "score" and not m["early"]
     }
     assert result.messages[-1]["type"] == "summary" and len(scored) >= 2
-    for w in offline.windows:
-        if (w.start, w.end) in scored:
-            assert scored[w.start, w.end] == pytest.approx(w.score, abs=EXACT)
+    matched = [w for w in offline.windows if (w.start, w.end) in scored]
+    assert len(matched) >= 2
+    for w in matched:
+        assert scored[w.start, w.end] == pytest.approx(w.score, abs=EXACT)
 
 
 # --- bf16 ----------------------------------------------------------------------------------------
@@ -149,7 +164,12 @@ def test_serve_fast_path_exact_scores_a_stream(bundle, clip):
 @pytest.mark.skipif(shutil.which("g++") is None, reason="no C++ compiler for torch inductor")
 def test_bf16_runtime_compiles_at_start_up_and_scores(bundle, speech):
     runtime = bundle.with_fast_path("bf16", "torch").runtime("torch")  # compiles (20-60 s)
-    assert describe(runtime) == {"backend": "torch", "providers": ["cpu"], "fast_path": "bf16"}
+    assert describe(runtime) == {
+        "backend": "torch",
+        "providers": ["cpu"],
+        "fast_path": "bf16",
+        "reuse": False,
+    }
     logits, score = runtime(speech)
     plain, _ = bundle.runtime("onnx")(speech)
     assert 0 < np.abs(logits - plain).max() <= BF16_BOUND

@@ -130,6 +130,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
         backend=args.backend,
         providers=args.providers,
         threads=args.threads,
+        reuse=args.reuse,
         batch=BatchOptions(
             max_batch=args.max_batch,
             max_wait_ms=args.max_wait_ms,
@@ -324,6 +325,7 @@ def add_parsers(subparsers: Any) -> None:
         BACKENDS,
         "who scores the windows: onnx or torch in this process (default onnx), ray (a Ray "
         "Serve deployment), triton (a Triton server); see docs/deploy.md",
+        streams=True,
     )
     s.add_argument("--max-batch", type=int, default=batch.max_batch)
     s.add_argument("--max-wait-ms", type=float, default=batch.max_wait_ms)

@@ -60,6 +60,7 @@ class ServerConfig:
     backend: str = "onnx"
     providers: str = "auto"
     threads: int | None = None
+    reuse: bool = False  # in-process onnx, AASIST family: reuse encoder frames across windows
     batch: BatchOptions = field(default_factory=BatchOptions)
     ray: RayOptions = field(default_factory=RayOptions)
     triton: TritonOptions = field(default_factory=TritonOptions)
@@ -95,6 +96,10 @@ class ServerConfig:
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
             raise ValueError(f"unknown backend {self.backend!r}; use one of {list(BACKENDS)}")
+        if self.reuse and self.backend != "onnx":
+            raise ValueError(
+                f"--reuse runs on the onnx backend in this process, not {self.backend}"
+            )
         if self.backend == "triton" and not self.triton.url:
             raise ValueError("the triton backend needs the server's gRPC URL (--triton-url)")
         if self.token is not None and not self.token:

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from voicescreen.models import store
 from voicescreen.models.bundle import Bundle, load_bundle
+from voicescreen.models.incremental import aligned_hop
 from voicescreen.models.runtime import FastPathError, describe_text
 from voicescreen.stream import InferenceWorker
 from voicescreen.stream.backends import LOCAL_BACKENDS, BackendError, close_runtimes, open_runtimes
@@ -64,8 +65,14 @@ class AppState:
         if config.backend == "onnx":
             options["providers"] = config.providers
         try:  # the window -> score call: in this process, or on Ray Serve / Triton replicas
+            reuse = {"reuse": True} if config.reuse else {}
             self.runtimes = open_runtimes(
-                self.bundles, config.backend, ray=config.ray, triton=config.triton, **options
+                self.bundles,
+                config.backend,
+                ray=config.ray,
+                triton=config.triton,
+                **options,
+                **reuse,
             )
         except (BackendError, FastPathError) as e:
             raise ConfigError(str(e)) from e
@@ -79,7 +86,7 @@ class AppState:
             )
             for name, bundle in self.bundles.items()
         }
-        self._runtime_options = options
+        self._runtime_options = options  # for uploads: whole files, nothing to reuse
         self.metrics = ServerMetrics()
         self.streams = Streams(config, self.workers, self.metrics)
         self.webhook: WebhookSink | None = None
@@ -93,6 +100,16 @@ class AppState:
                 for n, b in self.bundles.items()
             ),
         )
+        for name, worker in self.workers.items():
+            if worker.stride:
+                hop = config.window.hop_seconds
+                log.info(
+                    "%s: window starts on its encoder's %d-sample grid: hop %.3f s -> %.3f s",
+                    name,
+                    worker.stride,
+                    hop,
+                    aligned_hop(hop, worker.stride),
+                )
 
     @property
     def default_model(self) -> str:

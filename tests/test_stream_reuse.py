@@ -1,0 +1,141 @@
+"""Encoder reuse across a stream's overlapping windows (models/incremental.py): the scores equal
+the whole windows' through the bundle's own ONNX model, whatever mix of windows arrives."""
+
+import asyncio
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from voicescreen.audio import SAMPLE_RATE, load_audio, sliding_windows
+from voicescreen.models.bundle import load_bundle
+from voicescreen.models.incremental import IncrementalRuntime, Job, StreamFrames, aligned_hop
+from voicescreen.models.runtime import FastPathError
+from voicescreen.stream import BatchOptions, InferenceWorker, Session, VadOptions, WindowOptions
+
+DEFAULT = Path(__file__).resolve().parents[1] / "models" / "default"
+TOLERANCE = 1e-4
+
+
+@pytest.fixture(scope="module")
+def bundle():
+    return load_bundle(DEFAULT)
+
+
+@pytest.fixture(scope="module")
+def reuse(bundle):
+    return IncrementalRuntime(bundle)
+
+
+@pytest.fixture(scope="module")
+def whole(bundle):
+    return bundle.runtime("onnx")
+
+
+@pytest.fixture(scope="module")
+def stream(data_dir) -> np.ndarray:
+    """About 25 s of dev speech: several clips of two speakers' kinds back to back."""
+    rows = [
+        r.split() for r in (data_dir / "protocols" / "VS.cm.dev.trl.txt").read_text().splitlines()
+    ]
+    names = [r[1] for r in rows if r[4] == "bonafide"][:3]
+    names += [r[1] for r in rows if r[4] == "spoof"][:3]
+    return np.concatenate([load_audio(data_dir / "flac" / f"{n}.flac") for n in names])
+
+
+def windows_at(x: np.ndarray, hop: int, window: int = 64600) -> list[tuple[int, np.ndarray]]:
+    return [(s, x[s : s + window]) for s in range(0, x.size - window + 1, hop)]
+
+
+def test_geometry(reuse):
+    g = reuse.geometry
+    assert (g.stride, g.taps, g.frames, g.edge_samples) == (2187, 129, 29, 4502)
+    assert g.frames_of(64600) == 29 and g.frames_of(64600 - 20 * 2187) == 9
+    assert aligned_hop(1.0, 2187) * SAMPLE_RATE == 7 * 2187
+    assert aligned_hop(0.01, 2187) * SAMPLE_RATE == 2187  # never below one stride
+
+
+def test_one_window_at_a_time_equals_whole_windows(reuse, whole, stream):
+    wins = windows_at(stream, 7 * reuse.stride)
+    assert len(wins) >= 8
+    frames = StreamFrames()
+    before = reuse.stats.reused
+    got = np.array([reuse([Job(w, s, frames)])[1][0] for s, w in wins])
+    want = whole(np.stack([w for _, w in wins]))[1]
+    assert np.abs(got - want).max() <= TOLERANCE
+    assert reuse.stats.reused - before == len(wins) - 1  # all but the first were assembled
+    assert len(frames.frames) <= 27  # frames before the last window are let go
+
+
+def test_interleaved_streams_and_consecutive_windows_in_one_batch(reuse, whole, stream):
+    hop = 7 * reuse.stride
+    wins = windows_at(stream, hop)
+    other = windows_at(stream[::-1].copy(), hop)
+    a, b = StreamFrames(), StreamFrames()
+    jobs = [Job(wins[0][1], 0, a)]
+    jobs += [Job(w, s, a) for s, w in wins[1:4]]  # three windows of one stream in one call
+    jobs += [Job(w, s, b) for s, w in other[:3]]
+    jobs += [Job(wins[5][1], None, None), Job(wins[6][1], wins[6][0] + 1, a)]  # plain, off grid
+    got = reuse(jobs)[1]
+    want = whole(np.stack([j.samples for j in jobs]))[1]
+    assert np.abs(got - want).max() <= TOLERANCE
+
+
+def test_windows_after_a_gap_and_a_late_start(reuse, whole, stream):
+    """Windows skipped (no speech, shed) leave frames missing: the next one computes more."""
+    wins = windows_at(stream, 7 * reuse.stride)
+    frames = StreamFrames()
+    order = [2, 3, 5, 6, 7]  # starts mid-stream, skips 4
+    got = np.array([reuse([Job(wins[k][1], wins[k][0], frames)])[1][0] for k in order])
+    want = whole(np.stack([wins[k][1] for k in order]))[1]
+    assert np.abs(got - want).max() <= TOLERANCE
+    # a hop of whole strides other than 7 reuses too
+    frames = StreamFrames()
+    wins = windows_at(stream, 3 * reuse.stride)[:6]
+    got = np.array([reuse([Job(w, s, frames)])[1][0] for s, w in wins])
+    assert np.abs(got - whole(np.stack([w for _, w in wins]))[1]).max() <= TOLERANCE
+
+
+def test_plain_batches_and_shapes(reuse, whole, stream):
+    x = np.stack([w for _, w in windows_at(stream, 16000)[:3]])
+    np.testing.assert_allclose(reuse(x)[1], whole(x)[1], atol=TOLERANCE)
+    with pytest.raises(ValueError, match="64600"):
+        reuse([Job(np.zeros(1000, np.float32), 0, StreamFrames())])
+
+
+def test_reuse_refuses_what_it_cannot_do(bundle, gmm_bundle):
+    with pytest.raises(FastPathError, match="aasist"):
+        load_bundle(gmm_bundle).runtime("onnx", reuse=True)
+    with pytest.raises(FastPathError, match="onnx backend"):
+        bundle.runtime("torch", reuse=True)
+    with pytest.raises(FastPathError, match="bf16"):
+        bundle.runtime("onnx", reuse=True, fast_path="bf16")
+
+
+def test_session_with_reuse_matches_offline_windows(bundle, whole, stream):
+    """A session over a reusing worker: windows on the stride grid, every score equal to the
+    offline scorer's windows at the same hop, early and tail windows included."""
+    x = stream[: 14 * SAMPLE_RATE]
+
+    async def run() -> tuple[list, dict]:
+        worker = InferenceWorker.from_bundle(bundle, reuse=True, options=BatchOptions(max_batch=4))
+        async with worker:
+            session = Session(worker, vad=VadOptions(enabled=False), window=WindowOptions())
+            events = []
+            for i in range(0, x.size, 3200):  # 200 ms chunks
+                events += await session.feed(x[i : i + 3200])
+            events += await session.close()
+        return events, worker.runtime.stats.to_dict(64600)
+
+    events, stats = asyncio.run(run())
+    scores = [e for e in events if e.type == "score"]
+    hop = 7 * 2187
+    regular = [e for e in scores if not e.early]
+    assert [round(e.start * SAMPLE_RATE) % hop for e in regular[:-1]] == [0] * (len(regular) - 1)
+    offline = list(sliding_windows(x, 64600, hop))
+    assert len(regular) == len(offline)
+    want = whole(np.stack([w.samples for w in offline]))[1]
+    got = np.array([e.raw for e in regular])
+    assert np.abs(got - want).max() <= TOLERANCE
+    assert any(e.early for e in scores)
+    assert stats["reused"] >= len(regular) - 2 and stats["encoder_share"] < 0.6
