@@ -21,9 +21,15 @@ So when a stream's window starts are multiples of the stride (``aligned_hop``: 7
   own right edge, as in the whole window, and the frames between are kept for the next windows;
 then the graph-attention head runs on the 29 assembled frames. That is 25,362 of 64,600 samples
 through the encoder per window (39 %), and the score equals the whole window's to float rounding
-(the tests compare it with the bundle's own ONNX model). Windows whose start is not on the grid
-(early windows, a stream's end-aligned tail) and windows with no stream go through the encoder
-whole, as do the first window of a stream and one after a gap.
+(the tests compare it with the bundle's own ONNX model).
+
+Tail chunks start on a grid of ``TAIL_GRID`` frames, so that only a few input lengths occur, each
+run by an encoder graph specialised to it (~15 % faster than one with a dynamic length); a window
+with fewer frames held (the first of a stream, one after a long gap of unscored windows) goes
+through whole. Early windows (the audio so far, repeat-padded; they start at
+0) take part: their frames whose receptive field lies within the real audio are the stream's, so
+they reuse and leave frames like any other window. A stream's end-aligned tail window, off the
+grid, goes through whole.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -45,6 +51,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 REUSE_ARCHITECTURES = ("aasist", "aasist-l")
+TAIL_GRID = 4  # tail chunks start on multiples of this many frames
+MAX_ENCODERS = 12  # encoder sessions specialised to one input length, kept at once
 
 
 @dataclass(frozen=True)
@@ -60,6 +68,11 @@ class Geometry:
     def edge_samples(self) -> int:
         """Input whose frame 0 equals the window's frame 0 (its right context reaches 2 frames)."""
         return 2 * self.stride + self.taps - 1
+
+    def last_clean(self, audio: int) -> int:
+        """The last window frame whose receptive field lies within the first ``audio`` samples
+        (frame j reaches ~2 frames and the filter length past its start)."""
+        return min(self.frames - 2, (audio - self.taps + 1) // self.stride - 2)
 
     def frames_of(self, samples: int) -> int:
         """Output frames of ``samples`` input samples: the first pool, then one per block."""
@@ -101,6 +114,9 @@ class Job:
     samples: np.ndarray  # (input_samples,) float32
     start: int | None = None  # stream sample of samples[0]; None: not a plain stream window
     stream: StreamFrames | None = None
+    # Samples of stream audio at the front of ``samples``; the rest repeats them (an early
+    # window, or a stream shorter than a window). None: all of it is stream audio.
+    audio: int | None = None
 
 
 @dataclass
@@ -183,17 +199,37 @@ class IncrementalRuntime:
             providers = ["cpu"]
         self.fast_path = fast_path
         self.reuse = True
-        self._encoder, self._head = (
-            ort_session(graph, name=f"{self.name} {part}", providers=providers, threads=threads)
-            for graph, part in ((encoder, "encoder"), (head, "head"))
+        self._encoder_graph, self._providers, self._threads = encoder, providers, threads
+        self._encoders: dict[int, Any] = {}
+        self._head = ort_session(
+            head, name=f"{self.name} head", providers=providers, threads=threads
         )
-        self.providers = self._encoder.get_providers()
+        self.providers = self._encoder_for(self.input_samples).get_providers()
         self.stats = ReuseStats()
 
     def encode(self, chunks: np.ndarray) -> np.ndarray:
         """(B, samples) -> |encoder output| (B, channels, spectral nodes, frames)."""
         x = np.ascontiguousarray(chunks, dtype=np.float32)
-        return self._encoder.run(["features"], {"waveform": x})[0]
+        return self._encoder_for(x.shape[1]).run(["features"], {"waveform": x})[0]
+
+    def _encoder_for(self, samples: int):
+        """The encoder graph specialised to ``samples``-sample inputs (~15 % faster than the
+        graph with a dynamic length), made on first use; the few lengths used are kept."""
+        from voicescreen.models.runtime import ort_session
+
+        session = self._encoders.pop(samples, None)
+        if session is None:
+            session = ort_session(
+                self._encoder_graph,
+                name=f"{self.name} encoder ({samples} samples)",
+                providers=self._providers,
+                threads=self._threads,
+                dims={"samples": samples},
+            )
+        self._encoders[samples] = session  # most recently used last
+        while len(self._encoders) > MAX_ENCODERS:
+            del self._encoders[next(iter(self._encoders))]
+        return session
 
     def head(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(B, channels, nodes, frames) encoder output of whole windows -> (logits, score)."""
@@ -231,16 +267,18 @@ class IncrementalRuntime:
                 plan.tail = chunk(job.samples)
                 continue
             plan.first = job.start // g.stride
+            last = g.last_clean(self.input_samples if job.audio is None else job.audio)
             held = job.stream.frames.keys() | planned.setdefault(id(job.stream), set())
-            inner = range(1, g.frames - 1)
-            plan.new_from = next((j for j in inner if plan.first + j not in held), g.frames - 1)
-            if plan.new_from == 1:  # nothing held: the whole window
+            new_from = next((j for j in range(1, last + 1) if plan.first + j not in held), last + 1)
+            # Tail chunks start on a coarse grid of frames: a few lengths, a specialised graph each.
+            plan.new_from = 1 + (new_from - 1) // TAIL_GRID * TAIL_GRID
+            if plan.new_from <= 1:  # nothing to reuse: the whole window
                 plan.new_from = 0
             else:
                 plan.edge = chunk(job.samples[: g.edge_samples])
             start = max(0, plan.new_from - 1) * g.stride
             plan.tail = chunk(job.samples[start:])
-            plan.keep = [j for j in inner if j >= plan.new_from]
+            plan.keep = list(range(max(1, plan.new_from), last + 1))
             planned[id(job.stream)].update(plan.first + j for j in plan.keep)
 
         encoded = {n: self.encode(np.stack(xs)) for n, xs in groups.items()}

@@ -42,10 +42,12 @@ from conversations import conversation
 
 from voicescreen.audio import SAMPLE_RATE
 from voicescreen.models.bundle import load_bundle
+from voicescreen.models.incremental import aligned_hop
 from voicescreen.models.store import resolve_bundle
 from voicescreen.stream import (
     AudioFormat,
     BatchOptions,
+    Cascade,
     InferenceWorker,
     Session,
     VadOptions,
@@ -71,11 +73,13 @@ class Trial:
     cpu_replicas: float = 0.0  # cores busy on average in the Ray replicas' processes
     wall: float = 0.0
     aborted: str = ""
+    escalated: int = 0  # cascade: windows the expert scored
+    hop_ms: float = 0.0  # the hop the sessions ran at (reuse moves it onto the encoder grid)
 
-    def ok(self, hop_ms: float) -> bool:
-        late = max(self.latencies, default=0.0) > hop_ms
+    def ok(self) -> bool:
+        late = max(self.latencies, default=0.0) > self.hop_ms
         return not (
-            self.aborted or self.shed or self.failed or late or self.max_lag * 1000 > hop_ms
+            self.aborted or self.shed or self.failed or late or self.max_lag * 1000 > self.hop_ms
         )
 
     def pct(self, p: float) -> float | None:
@@ -103,10 +107,11 @@ async def run_trial(
     replica_pids: list[int] = (),
 ) -> Trial:
     trial = Trial(mode, n)
-    hop_ms = 1000 * args.hop
     chunk = int(SAMPLE_RATE * args.chunk_ms / 1000) * 2  # bytes of PCM16
-    shared = make_worker() if mode == "batched" else None
+    shared = make_worker() if mode != "unbatched" else None
     workers = [shared] * n if shared else [make_worker() for _ in range(n)]
+    stride = workers[0].stride
+    trial.hop_ms = hop_ms = 1000 * (aligned_hop(args.hop, stride) if stride else args.hop)
     sessions = [
         Session(
             w,
@@ -171,7 +176,9 @@ async def run_trial(
     trial.cpu = (r1.ru_utime - r0.ru_utime + r1.ru_stime - r0.ru_stime) / trial.wall
     trial.cpu_replicas = (process_cpu_seconds(replica_pids) - p0) / trial.wall
     for w in {id(w): w for w in workers}.values():
-        await w.close()
+        for part in (w.screen, w.expert) if isinstance(w, Cascade) else (w,):
+            await part.close()
+    trial.escalated = sum(w.metrics.escalated for w in workers if isinstance(w, Cascade))
     return trial
 
 
@@ -185,7 +192,7 @@ def largest_realtime(
     while time.monotonic() + args.seconds * 1.5 < deadline:
         trial = asyncio.run(run_trial(mode, n, make_worker, audio, args, replica_pids))
         tried.append(trial)
-        ok = trial.ok(1000 * args.hop)
+        ok = trial.ok()
         log.info(
             "  %s N=%d: %s (scored %d, shed %d, p99 %s ms, cpu %.2f + %.2f cores%s)",
             mode,
@@ -245,6 +252,17 @@ def ray_runtime(bundle, replicas: int, args: argparse.Namespace):
     return runtime, sorted(pids)
 
 
+# Backends in this process: (backend, Bundle.runtime options)
+LOCAL_VARIANTS = {
+    "onnx": ("onnx", {}),
+    "torch": ("torch", {}),
+    "onnx+exact": ("onnx", {"fast_path": "exact"}),
+    "onnx+reuse": ("onnx", {"reuse": True}),
+    "onnx+exact+reuse": ("onnx", {"fast_path": "exact", "reuse": True}),
+    "torch+bf16": ("torch", {"fast_path": "bf16"}),
+}
+
+
 def load_average() -> str:
     return " ".join(f"{v:.2f}" for v in os.getloadavg())
 
@@ -253,7 +271,29 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--bundle", action="append", required=True, help="bundle path (repeatable)")
     p.add_argument(
-        "--backend", nargs="+", default=["onnx", "torch"], choices=["onnx", "torch", "ray"]
+        "--backend",
+        nargs="+",
+        default=["onnx", "torch"],
+        choices=list(LOCAL_VARIANTS) + ["ray"],
+        help="onnx, torch, or a variant: +exact / +bf16 fast path, +reuse (encoder reuse)",
+    )
+    p.add_argument(
+        "--cascade",
+        action="append",
+        default=[],
+        metavar="SCREEN",
+        help="also measure SCREEN > each --bundle as a cascade (batched; repeatable)",
+    )
+    p.add_argument("--band", type=float, default=1.0, help="cascade: escalate |screen| <= band")
+    p.add_argument(
+        "--cascade-on", help="the --backend cascades run on (default: the last one named)"
+    )
+    p.add_argument(
+        "--skip",
+        nargs="*",
+        default=[],
+        metavar="BACKEND:MODE",
+        help="leave out these combinations, e.g. torch:batched",
     )
     p.add_argument(
         "--replicas", type=int, nargs="+", default=[1, 2], help="ray: replica counts to measure"
@@ -290,7 +330,13 @@ def main() -> int:
             if backend == "ray":  # Serve batches: one row per replica count
                 configs += [(b, "ray", "batched", r) for r in args.replicas]
             else:
-                configs += [(b, backend, mode, None) for mode in args.modes]
+                configs += [
+                    (b, backend, mode, None)
+                    for mode in args.modes
+                    if f"{backend}:{mode}" not in args.skip
+                ]
+                if backend == (args.cascade_on or args.backend[-1]):
+                    configs += [(b, backend, "cascade", screen) for screen in args.cascade]
     load_before = load_average()
     t_start = time.monotonic()
     rows = []
@@ -300,8 +346,10 @@ def main() -> int:
         if backend == "ray":
             runtime, pids = ray_runtime(bundle, replicas, args)
         else:
-            options = {"providers": args.providers} if backend == "onnx" and args.providers else {}
-            runtime = bundle.runtime(backend, **options)
+            base, options = LOCAL_VARIANTS[backend]
+            if base == "onnx" and args.providers:
+                options = {**options, "providers": args.providers}
+            runtime = bundle.runtime(base, **options)
         runtime(np.zeros((1, bundle.input_samples), np.float32))  # warm up
         batch = BatchOptions(args.max_batch, args.max_wait_ms, args.max_queue)
         if mode == "unbatched":
@@ -316,8 +364,25 @@ def main() -> int:
                 options=batch,
             )
 
-        share = (args.budget - (time.monotonic() - t_start)) / (len(configs) - i)
         label = backend if replicas is None else f"ray x{replicas}"
+        if mode == "cascade":
+            screen = load_bundle(resolve_bundle(replicas))
+            screen_runtime = screen.runtime("onnx")
+            label = f"{screen.name} (onnx) > {backend}, band {args.band:g}"
+
+            def make_worker(
+                expert=make_worker, screen=screen, screen_runtime=screen_runtime, batch=batch
+            ):
+                first = InferenceWorker(
+                    screen_runtime,
+                    name=screen.name,
+                    input_samples=screen.input_samples,
+                    score=screen.score,
+                    options=batch,
+                )
+                return Cascade(first, expert(), args.band)
+
+        share = (args.budget - (time.monotonic() - t_start)) / (len(configs) - i)
         log.info("%s / %s / %s (%.0f s of budget)", bundle.name, label, mode, share)
         best, tried = largest_realtime(
             mode, make_worker, audio, args, time.monotonic() + share, pids
@@ -327,7 +392,8 @@ def main() -> int:
 
     lines = [
         f"Streams fed at real-time pace ({args.chunk_ms:g} ms PCM16 packets) from dev-split "
-        f"speech, {args.speech:.0%} speech; window hop {args.hop:g} s; VAD min_voiced "
+        f"speech, {args.speech:.0%} speech; window hop {args.hop:g} s (with +reuse the nearest "
+        f"whole number of 2187-sample encoder strides: 7 = 0.957 s); VAD min_voiced "
         f"{args.min_voiced}; batched: max_batch {args.max_batch}, max_wait {args.max_wait_ms:g} "
         f"ms; {args.seconds:g} s per trial. Real time = every window scored within one hop of "
         f"being complete, none shed. Latency: window complete -> score.",
@@ -340,8 +406,10 @@ def main() -> int:
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, backend, providers, mode, best, tried in rows:
-        trials = ", ".join(f"{t.streams}:{'y' if t.ok(1000 * args.hop) else 'n'}" for t in tried)
+        trials = ", ".join(f"{t.streams}:{'y' if t.ok() else 'n'}" for t in tried)
         rate = best.scored / best.wall if best.wall else 0
+        if mode == "cascade" and best.scored:
+            mode = f"batched cascade, {best.escalated / best.scored:.0%} escalated"
         lines.append(
             f"| {name} | {backend} | {providers} | {mode} | {best.streams} | {rate:.1f} | "
             f"{_ms(best.pct(0.5))} | {_ms(best.pct(0.95))} | {_ms(best.pct(0.99))} | "

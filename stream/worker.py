@@ -158,9 +158,10 @@ class WorkerStream:
     def submit(self, window: StreamWindow) -> asyncio.Future[Result] | None:
         if self.frames is None:
             return self.worker.submit(window.samples)
-        plain = window.early or window.end - window.start != window.samples.size
-        start = None if plain else window.start
-        return self.worker.submit(Job(window.samples, start, self.frames))
+        audio = window.end - window.start  # less than the window when it is repeat-padded
+        job = Job(window.samples, window.start, self.frames)
+        job.audio = audio if audio < window.samples.size else None
+        return self.worker.submit(job)
 
 
 class InferenceWorker:
@@ -459,6 +460,11 @@ class Cascade:
     @property
     def stride(self) -> int | None:
         return self.expert.stride
+
+    @property
+    def score_spec(self) -> ScoreSpec:
+        """The expert's: a cascade's verdicts are on the expert's calibrated scale."""
+        return self.expert.score_spec
 
     def submit(self, samples: np.ndarray) -> asyncio.Future[Result] | None:
         return self._route(lambda: self.screen.submit(samples), lambda: self.expert.submit(samples))

@@ -152,6 +152,7 @@ def test_serve_runtime_options_score_a_stream(bundle, clip, flags, fast_path, re
         if m["type"] == "score" and not m["early"]
     }
     assert result.messages[-1]["type"] == "summary" and len(scored) >= 2
+    assert result.messages[0]["hop_seconds"] == pytest.approx(hop)  # the hop in use
     matched = [w for w in offline.windows if (w.start, w.end) in scored]
     assert len(matched) >= 2
     for w in matched:

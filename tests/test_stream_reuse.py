@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from voicescreen.audio import SAMPLE_RATE, load_audio, sliding_windows
+from voicescreen.audio import SAMPLE_RATE, load_audio, pad_repeat, sliding_windows
 from voicescreen.models.bundle import load_bundle
 from voicescreen.models.incremental import IncrementalRuntime, Job, StreamFrames, aligned_hop
 from voicescreen.models.runtime import FastPathError
@@ -96,6 +96,25 @@ def test_windows_after_a_gap_and_a_late_start(reuse, whole, stream):
     assert np.abs(got - whole(np.stack([w for _, w in wins]))[1]).max() <= TOLERANCE
 
 
+def test_early_windows_reuse_and_leave_frames(reuse, whole, stream):
+    """Early windows (the audio so far, repeat-padded) share the stream's frames where their
+    receptive field holds only real audio, and the regular windows after them reuse those."""
+    hop = 7 * reuse.stride
+    frames = StreamFrames()
+    jobs = [Job(pad_repeat(stream[:n], 64600), 0, frames, n) for n in (24000, 40000, 56000)]
+    jobs += [Job(w, s, frames) for s, w in windows_at(stream, hop)[:3]]
+    before = (reuse.stats.reused, reuse.stats.windows)
+    got = np.array([reuse([job])[1][0] for job in jobs])
+    want = whole(np.stack([j.samples for j in jobs]))[1]
+    assert np.abs(got - want).max() <= TOLERANCE
+    # the first early window is too short to lend frames; every later window reuses some
+    assert reuse.stats.reused - before[0] == len(jobs) - 1
+    assert reuse.stats.windows - before[1] == len(jobs)
+    # one batch holding all of them gives the same
+    frames.frames.clear()
+    assert np.abs(reuse(jobs)[1] - want).max() <= TOLERANCE
+
+
 def test_plain_batches_and_shapes(reuse, whole, stream):
     x = np.stack([w for _, w in windows_at(stream, 16000)[:3]])
     np.testing.assert_allclose(reuse(x)[1], whole(x)[1], atol=TOLERANCE)
@@ -137,5 +156,37 @@ def test_session_with_reuse_matches_offline_windows(bundle, whole, stream):
     want = whole(np.stack([w.samples for w in offline]))[1]
     got = np.array([e.raw for e in regular])
     assert np.abs(got - want).max() <= TOLERANCE
-    assert any(e.early for e in scores)
-    assert stats["reused"] >= len(regular) - 2 and stats["encoder_share"] < 0.6
+    early = [e for e in scores if e.early]
+    assert early
+    padded = [pad_repeat(x[: round(e.end * SAMPLE_RATE)], 64600) for e in early]
+    assert np.abs(np.array([e.raw for e in early]) - whole(np.stack(padded))[1]).max() <= TOLERANCE
+    assert stats["reused"] >= len(scores) - 3 and stats["encoder_share"] < 0.6
+
+
+def test_monitor_reuse_gives_the_offline_scores(bundle, whole, stream, tmp_path):
+    """``voicescreen monitor --reuse`` on a file: window starts on the grid, offline scores."""
+    import json
+    import subprocess
+    import sys
+
+    import soundfile as sf
+
+    x = stream[: 12 * SAMPLE_RATE]
+    wav = tmp_path / "call.wav"
+    sf.write(wav, x, SAMPLE_RATE, subtype="FLOAT")
+    args = ["--input", str(wav), "--fast", "--jsonl", "--min-voiced", "0", "--bundle", str(DEFAULT)]
+    p = subprocess.run(
+        [sys.executable, "-m", "voicescreen", "monitor", *args, "--reuse"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert p.returncode == 0, p.stderr
+    assert "encoder reuse" in p.stderr
+    events = [json.loads(line) for line in p.stdout.splitlines() if line.startswith("{")]
+    regular = [e for e in events if e["type"] == "score" and not e["early"]]
+    offline = list(sliding_windows(x, 64600, 7 * 2187))
+    assert [round(e["start"] * SAMPLE_RATE) for e in regular] == [w.start for w in offline]
+    want = whole(np.stack([w.samples for w in offline]))[1]
+    assert np.abs(np.array([e["raw"] for e in regular]) - want).max() <= TOLERANCE

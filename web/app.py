@@ -40,6 +40,7 @@ from fastapi.staticfiles import StaticFiles
 import voicescreen
 from voicescreen.audio import HOP_SECONDS, SAMPLE_RATE, AudioError, load_audio
 from voicescreen.models.runtime import describe
+from voicescreen.stream import Cascade
 from voicescreen.web.auth import origin_ok, presented_token, token_ok
 from voicescreen.web.config import ServerConfig
 from voicescreen.web.metrics import render
@@ -132,7 +133,13 @@ def create_app(config: ServerConfig) -> FastAPI:
     @app.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics")
     async def metrics(request: Request) -> Response:
         check_access(request, browser=False)
-        text = render(state.metrics, state.workers, TRANSPORTS, len(state.streams.clients))
+        text = render(
+            state.metrics,
+            state.workers_and_screen,
+            TRANSPORTS,
+            len(state.streams.clients),
+            {n: c for n, c in state.scorers.items() if isinstance(c, Cascade)},
+        )
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4; charset=utf-8")
 
     @app.get("/v1/models", summary="The models this server scores with")
@@ -149,6 +156,9 @@ def create_app(config: ServerConfig) -> FastAPI:
                     "scale": bundle.score.scale,
                     "metrics": bundle.card.get("metrics", {}),
                     "runtime": describe(state.runtimes[name]),
+                    "cascade": None
+                    if state.screen is None
+                    else {"screen": state.screen.name, "band": config.cascade_band},
                 }
                 for name, bundle in state.bundles.items()
             ],

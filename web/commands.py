@@ -131,6 +131,8 @@ def config_from_args(args: argparse.Namespace) -> Any:
         providers=args.providers,
         threads=args.threads,
         reuse=args.reuse,
+        screen=args.screen,
+        cascade_band=args.cascade_band,
         batch=BatchOptions(
             max_batch=args.max_batch,
             max_wait_ms=args.max_wait_ms,
@@ -326,6 +328,20 @@ def add_parsers(subparsers: Any) -> None:
         "who scores the windows: onnx or torch in this process (default onnx), ray (a Ray "
         "Serve deployment), triton (a Triton server); see docs/deploy.md",
         streams=True,
+    )
+    s.add_argument(
+        "--screen",
+        metavar="BUNDLE",
+        help="a cascade: this cheap bundle (e.g. LFCC-GMM, LCNN) scores every window first and "
+        "only windows it scores within --cascade-band of its threshold go on to the served "
+        "model (docs/benchmarks.md 'cascade' measures what it costs in EER)",
+    )
+    s.add_argument(
+        "--cascade-band",
+        type=float,
+        default=ServerConfig.cascade_band,
+        help="escalate windows whose calibrated screen score is within this of 0 "
+        "(default %(default)s)",
     )
     s.add_argument("--max-batch", type=int, default=batch.max_batch)
     s.add_argument("--max-wait-ms", type=float, default=batch.max_wait_ms)

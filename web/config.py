@@ -61,6 +61,11 @@ class ServerConfig:
     providers: str = "auto"
     threads: int | None = None
     reuse: bool = False  # in-process onnx, AASIST family: reuse encoder frames across windows
+    # A cascade: ``screen`` (a cheap bundle, onnx in this process) scores every window, and a
+    # window it scores within ``cascade_band`` (calibrated units) of its threshold goes on to the
+    # model the stream asked for; the event's ``scored_by`` says which model's score it carries.
+    screen: str | Path | Bundle | None = None
+    cascade_band: float = 2.0
     batch: BatchOptions = field(default_factory=BatchOptions)
     ray: RayOptions = field(default_factory=RayOptions)
     triton: TritonOptions = field(default_factory=TritonOptions)
@@ -96,6 +101,8 @@ class ServerConfig:
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
             raise ValueError(f"unknown backend {self.backend!r}; use one of {list(BACKENDS)}")
+        if self.cascade_band < 0:
+            raise ValueError(f"--cascade-band must be >= 0, got {self.cascade_band:g}")
         if self.reuse and self.backend != "onnx":
             raise ValueError(
                 f"--reuse runs on the onnx backend in this process, not {self.backend}"

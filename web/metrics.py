@@ -11,7 +11,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from voicescreen.stream import Event, InferenceWorker
+from voicescreen.stream import Cascade, Event, InferenceWorker
 
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)  # seconds
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
@@ -130,8 +130,9 @@ def render(
     workers: Mapping[str, InferenceWorker],
     transports: Iterable[str],
     clients: int,
+    cascades: Mapping[str, Cascade] | None = None,
 ) -> str:
-    """The Prometheus text for the server's counters and its workers'."""
+    """The Prometheus text for the server's counters, its workers' and its cascades'."""
     w = _Writer()
     p = "voicescreen"
     w.family(
@@ -236,6 +237,19 @@ def render(
                 ("0.99", s["latency_ms"]["p99"]),
             )
         ],
+    )
+    cascades = cascades or {}
+    w.family(
+        f"{p}_cascade_screened_total",
+        "counter",
+        "Windows the cascade's screen scored, by model asked for.",
+        [({"model": m}, c.metrics.submitted) for m, c in cascades.items()],
+    )
+    w.family(
+        f"{p}_cascade_escalated_total",
+        "counter",
+        "Windows the screen found close and sent on to the model asked for, by model.",
+        [({"model": m}, c.metrics.escalated) for m, c in cascades.items()],
     )
     w.family(
         f"{p}_score_requests_total",

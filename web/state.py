@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -12,7 +13,7 @@ from voicescreen.models import store
 from voicescreen.models.bundle import Bundle, load_bundle
 from voicescreen.models.incremental import aligned_hop
 from voicescreen.models.runtime import FastPathError, describe_text
-from voicescreen.stream import InferenceWorker
+from voicescreen.stream import Cascade, InferenceWorker
 from voicescreen.stream.backends import LOCAL_BACKENDS, BackendError, close_runtimes, open_runtimes
 from voicescreen.web.config import ServerConfig
 from voicescreen.web.metrics import ServerMetrics
@@ -87,8 +88,31 @@ class AppState:
             for name, bundle in self.bundles.items()
         }
         self._runtime_options = options  # for uploads: whole files, nothing to reuse
+        strides = {w.stride for w in self.workers.values() if w.stride}
+        if strides:  # encoder reuse: every stream's windows start on the encoders' grid
+            hop = config.window.hop_seconds
+            aligned = aligned_hop(hop, max(strides))
+            log.info(
+                "encoder reuse: window starts on the encoder's %d-sample grid, hop %.3f s -> "
+                "%.3f s",
+                max(strides),
+                hop,
+                aligned,
+            )
+            self.config = config = replace(
+                config, window=replace(config.window, hop_seconds=aligned)
+            )
+        # What streams score with: each model's worker, or a cascade with the screen in front.
+        self.screen: InferenceWorker | None = None
+        self.scorers: dict[str, InferenceWorker | Cascade] = dict(self.workers)
+        if config.screen is not None:
+            self.screen = self._screen_worker(config, options)
+            self.scorers = {
+                name: Cascade(self.screen, worker, config.cascade_band, name=name)
+                for name, worker in self.workers.items()
+            }
         self.metrics = ServerMetrics()
-        self.streams = Streams(config, self.workers, self.metrics)
+        self.streams = Streams(config, self.scorers, self.metrics)
         self.webhook: WebhookSink | None = None
         self.rtc: RtcPeers | None = None
         self._scorers: dict[str, Scorer] = {}
@@ -100,16 +124,34 @@ class AppState:
                 for n, b in self.bundles.items()
             ),
         )
-        for name, worker in self.workers.items():
-            if worker.stride:
-                hop = config.window.hop_seconds
-                log.info(
-                    "%s: window starts on its encoder's %d-sample grid: hop %.3f s -> %.3f s",
-                    name,
-                    worker.stride,
-                    hop,
-                    aligned_hop(hop, worker.stride),
-                )
+        if self.screen is not None:
+            log.info(
+                "cascade: %s (on %s) scores every window; a window it scores within %g of its "
+                "threshold goes on to the model the stream asked for",
+                self.screen.name,
+                describe_text(self.screen.runtime),
+                config.cascade_band,
+            )
+
+    def _screen_worker(self, config: ServerConfig, options: dict) -> InferenceWorker:
+        """The cascade's screen: a cheap bundle, in this process on the onnx backend."""
+        (bundle,) = load_bundles([config.screen]).values()
+        if bundle.name in self.bundles:
+            raise ConfigError(f"the screen {bundle.name!r} is also a served model; name another")
+        clash = [n for n, b in self.bundles.items() if b.input_samples != bundle.input_samples]
+        if clash:
+            raise ConfigError(
+                f"the screen {bundle.name} takes {bundle.input_samples}-sample windows, "
+                f"{', '.join(clash)} another length: a cascade needs the same windows"
+            )
+        local = {k: v for k, v in options.items() if k in ("threads", "providers")}
+        return InferenceWorker.from_bundle(bundle, "onnx", config.batch, **local)
+
+    @property
+    def workers_and_screen(self) -> dict[str, InferenceWorker]:
+        """Every worker of the server, the screen's included (for /metrics)."""
+        screen = {} if self.screen is None else {self.screen.name: self.screen}
+        return {**self.workers, **screen}
 
     @property
     def default_model(self) -> str:
@@ -152,7 +194,7 @@ class AppState:
     async def close(self) -> None:
         if self.rtc is not None:
             await self.rtc.close()
-        for worker in self.workers.values():
+        for worker in self.workers_and_screen.values():
             await worker.close()
         close_runtimes(self.runtimes)
         if self.webhook is not None:

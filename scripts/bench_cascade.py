@@ -1,0 +1,132 @@
+#!/usr/bin/env python
+"""What a cascade costs in detection: a cheap screen scores every window, the expert only those
+the screen finds close to its threshold (``stream.worker.Cascade``: ``|screen calibrated| <=
+band``). Measured on a split the models were not trained on (dev by default), never eval.
+
+For each screen bundle and band: the share of windows escalated to the expert, the cascade's EER
+and its bona fide acceptance / spoof rejection at the calibrated threshold (0), next to the expert
+alone and the screen alone on the same windows, and the model arithmetic per window relative to the
+expert alone (from each model's measured windows/s here). Each clip's evaluation window (its
+first 64,600 samples, as ``voicescreen eval`` scores) goes through each channel the product
+expects (clean, 8 kHz mu-law, GSM then mu-law); rows are pooled over the channels.
+
+    python scripts/bench_cascade.py --expert models/default --screen runs/lcnn/bundle \\
+        [--screen runs/gmm/bundle] [--data-root ../shared/data] [--split dev]
+        [--bands 0.5 1 2 4 8] [--no-write]
+
+Writes section "cascade" of docs/benchmarks.md and prints it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from benchlib import machine, versions, write_section
+
+from voicescreen.models.bundle import load_bundle
+from voicescreen.models.store import resolve_bundle
+from voicescreen.train.data import load_split
+from voicescreen.train.evaluate import score_utterances
+from voicescreen.train.metrics import eer, rates_at
+
+log = logging.getLogger("bench_cascade")
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+CHANNELS = ("clean", "mulaw", "mobile")
+
+
+def calibrated_scores(bundle_path: str, utts, channels) -> tuple[str, np.ndarray, float]:
+    """(name, calibrated scores (channels x clips), windows/s) of a bundle on ONNX Runtime."""
+    bundle = load_bundle(resolve_bundle(bundle_path))
+    runtime = bundle.runtime("onnx")
+    runtime(np.zeros((1, bundle.input_samples), np.float32))  # warm up
+    busy = 0.0
+
+    def score(x: np.ndarray) -> np.ndarray:
+        nonlocal busy
+        t = time.perf_counter()
+        s = runtime(x)[1]
+        busy += time.perf_counter() - t
+        return s
+
+    rows = []
+    for ch in channels:
+        raw = score_utterances(score, utts, bundle.input_samples, ch)
+        rows.append(bundle.score.calibrate(raw))
+        log.info("%s on %s: scored %d clips", bundle.name, ch, len(utts))
+    return bundle.name, np.stack(rows), len(channels) * len(utts) / busy
+
+
+def figures(scores: np.ndarray, bona: np.ndarray) -> tuple[float, float, float]:
+    """EER, bona fide accepted and spoofs rejected at 0 of pooled calibrated scores."""
+    s, b = scores.reshape(-1), np.tile(bona, scores.shape[0])
+    rate = rates_at(s[b], s[~b], 0.0)
+    return eer(s[b], s[~b])[0], rate["bonafide_accepted"], rate["spoof_rejected"]
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--expert", required=True, help="the expensive bundle (e.g. AASIST-L)")
+    p.add_argument("--screen", action="append", required=True, help="a cheap bundle (repeatable)")
+    p.add_argument("--data-root", default=str(SHARED / "data"))
+    p.add_argument("--split", default="dev", choices=["train", "dev"], help="never eval")
+    p.add_argument("--channels", default=",".join(CHANNELS))
+    p.add_argument("--bands", type=float, nargs="+", default=[0.5, 1.0, 2.0, 4.0, 8.0])
+    p.add_argument("--no-write", action="store_true")
+    args = p.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    logging.getLogger("voicescreen").setLevel(logging.WARNING)
+
+    utts = load_split(args.data_root, args.split)
+    bona = np.array([u.label == "bonafide" for u in utts])
+    channels = [c.strip() for c in args.channels.split(",") if c.strip()]
+    expert_name, expert, expert_rate = calibrated_scores(args.expert, utts, channels)
+    e_eer, e_acc, e_rej = figures(expert, bona)
+
+    lines = [
+        f"Each clip's evaluation window of the `{args.split}` split of `{args.data_root}` "
+        f"({len(utts)} clips: {bona.sum()} bona fide, {(~bona).sum()} spoof) through "
+        f"{', '.join(channels)}, pooled ({len(channels) * len(utts)} windows). Calibrated scores: "
+        "> 0 is bona fide, each model at its own card's threshold. A window is escalated when "
+        "|screen score| <= band; the cascade's score is then the expert's, otherwise the "
+        "screen's. Arithmetic = (screen + escalated share x expert) / expert, from the "
+        "windows/s measured here (batches of 16, ONNX Runtime).",
+        "",
+        f"Machine: {machine()}; {versions()}.",
+        "",
+        "| scorer | band | escalated | EER | bona fide accepted | spoofs rejected | "
+        "arithmetic vs expert alone |",
+        "|---|---|---|---|---|---|---|",
+        f"| {expert_name} alone ({expert_rate:.1f} windows/s) | - | 100 % | {e_eer:.1%} | "
+        f"{e_acc:.1%} | {e_rej:.1%} | 1.00 |",
+    ]
+    for path in args.screen:
+        name, screen, rate = calibrated_scores(path, utts, channels)
+        s_eer, s_acc, s_rej = figures(screen, bona)
+        cost = expert_rate / rate
+        lines.append(
+            f"| {name} alone ({rate:.0f} windows/s) | - | 0 % | {s_eer:.1%} | {s_acc:.1%} | "
+            f"{s_rej:.1%} | {cost:.2f} |"
+        )
+        for band in args.bands:
+            near = np.abs(screen) <= band
+            cascade = np.where(near, expert, screen)
+            c_eer, c_acc, c_rej = figures(cascade, bona)
+            lines.append(
+                f"| {name} > {expert_name} | {band:g} | {near.mean():.0%} | {c_eer:.1%} | "
+                f"{c_acc:.1%} | {c_rej:.1%} | {cost + near.mean():.2f} |"
+            )
+    body = "\n".join(lines)
+    command = "python scripts/bench_cascade.py " + " ".join(sys.argv[1:])
+    if not args.no_write:
+        write_section("cascade", f"`{command}`\n\n{body}")
+    print(body)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
