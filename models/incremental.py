@@ -202,7 +202,7 @@ class IncrementalRuntime:
         self._encoder_graph, self._providers, self._threads = encoder, providers, threads
         self._encoders: dict[int, Any] = {}
         self._head = ort_session(
-            head, name=f"{self.name} head", providers=providers, threads=threads
+            head, name=f"{self.name} head", providers=providers, threads=threads, spin=False
         )
         self.providers = self._encoder_for(self.input_samples).get_providers()
         self.stats = ReuseStats()
@@ -225,6 +225,7 @@ class IncrementalRuntime:
                 providers=self._providers,
                 threads=self._threads,
                 dims={"samples": samples},
+                spin=False,
             )
         self._encoders[samples] = session  # most recently used last
         while len(self._encoders) > MAX_ENCODERS:

@@ -88,10 +88,12 @@ def ort_session(
     providers: Sequence[str] | str | None = None,
     threads: int | None = None,
     dims: Mapping[str, int] | None = None,
+    spin: bool = True,
 ):
     """An ONNX Runtime inference session on the first available of ``providers`` (the CPU when
     none is), with every graph optimisation and without the CPU memory arena. ``dims`` fixes
-    named dynamic dimensions (a graph specialised to one input length runs faster)."""
+    named dynamic dimensions (a graph specialised to one input length runs faster); ``spin``
+    False stops idle threads spin-waiting between calls (for runtimes making many short ones)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -106,6 +108,10 @@ def ort_session(
     # activations go straight to the allocator and are returned after each run. Measured:
     # the WebSocket test file's peak RSS 10.8 -> 3.2 GB, same run time.
     options.enable_cpu_mem_arena = False
+    if not spin:
+        # Idle intra-op threads otherwise spin-wait for the next call: fine for a few long
+        # calls, but with many short ones (encoder reuse) the spinning took half the CPU.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     requested = resolve_providers(providers)
     model = onnx_model if isinstance(onnx_model, bytes) else str(onnx_model)
     session = ort.InferenceSession(model, options, providers=requested)

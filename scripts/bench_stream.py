@@ -147,7 +147,9 @@ async def run_trial(
 
     async def feed(k: int, session: Session, data: bytes, start: float) -> None:
         loop = asyncio.get_running_loop()
-        offset = args.hop * k / n  # stagger the streams across a hop
+        # a new call every `arrival` seconds, or the starts spread evenly over `stagger`
+        spread = args.arrival * n if args.arrival else args.stagger or args.hop
+        offset = spread * k / n
         for i, pos in enumerate(range(0, len(data), chunk)):
             due = start + offset + i * args.chunk_ms / 1000
             delay = due - loop.time()
@@ -178,7 +180,8 @@ async def run_trial(
     for w in {id(w): w for w in workers}.values():
         for part in (w.screen, w.expert) if isinstance(w, Cascade) else (w,):
             await part.close()
-    trial.escalated = sum(w.metrics.escalated for w in workers if isinstance(w, Cascade))
+    unique = {id(w): w for w in workers}.values()
+    trial.escalated = sum(w.metrics.escalated for w in unique if isinstance(w, Cascade))
     return trial
 
 
@@ -308,6 +311,21 @@ def main() -> int:
     p.add_argument("--speech", type=float, default=0.5, help="fraction of speech in the audio")
     p.add_argument("--hop", type=float, default=1.0, help="window hop, seconds")
     p.add_argument("--chunk-ms", type=float, default=20.0, help="packet size, ms")
+    p.add_argument(
+        "--arrival",
+        type=float,
+        default=None,
+        help="seconds between stream starts (instead of --stagger): N streams start over "
+        "N x ARRIVAL seconds, as calls arriving at a busy server",
+    )
+    p.add_argument(
+        "--stagger",
+        type=float,
+        default=None,
+        help="seconds over which the streams' starts are spread (default: one hop); calls "
+        "start at different times, and each start costs whole windows (early windows, the "
+        "first regular one) that a running stream does not",
+    )
     p.add_argument("--min-voiced", type=float, default=0.3)
     p.add_argument("--max-batch", type=int, default=16)
     p.add_argument("--max-wait-ms", type=float, default=20.0)
@@ -395,8 +413,14 @@ def main() -> int:
         f"speech, {args.speech:.0%} speech; window hop {args.hop:g} s (with +reuse the nearest "
         f"whole number of 2187-sample encoder strides: 7 = 0.957 s); VAD min_voiced "
         f"{args.min_voiced}; batched: max_batch {args.max_batch}, max_wait {args.max_wait_ms:g} "
-        f"ms; {args.seconds:g} s per trial. Real time = every window scored within one hop of "
-        f"being complete, none shed. Latency: window complete -> score.",
+        f"ms; {args.seconds:g} s per stream, "
+        + (
+            f"one stream starting every {args.arrival:g} s."
+            if args.arrival
+            else f"stream starts spread over {args.stagger or args.hop:g} s."
+        )
+        + " Real time = every window scored within one hop of being complete, none shed. "
+        "Latency: window complete -> score.",
         "",
         f"Machine: {machine()}; {versions()}. Load average (1, 5, 15 min) before: "
         f"{load_before}; after: {load_after}.",
