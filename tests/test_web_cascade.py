@@ -58,6 +58,7 @@ def test_cascade_screens_every_window_and_escalates_the_close_ones(bundle, gmm_b
     label = f'{{model="{bundle.name}"}}'
     assert metrics[f"voicescreen_cascade_screened_total{label}"] == len(scores)
     assert metrics[f"voicescreen_cascade_escalated_total{label}"] == len(escalated)
+    assert metrics[f"voicescreen_cascade_escalations_shed_total{label}"] == 0
     assert metrics[f'voicescreen_worker_scored_total{{model="{screen.name}"}}'] == len(scores)
     assert metrics[f"voicescreen_worker_scored_total{label}"] == len(escalated)
 

@@ -252,6 +252,13 @@ def render(
         [({"model": m}, c.metrics.escalated) for m, c in cascades.items()],
     )
     w.family(
+        f"{p}_cascade_escalations_shed_total",
+        "counter",
+        "Escalations the model's queue refused (overloaded): those windows kept the screen's "
+        "score, by model.",
+        [({"model": m}, c.metrics.escalations_shed) for m, c in cascades.items()],
+    )
+    w.family(
         f"{p}_score_requests_total",
         "counter",
         "POST /v1/score requests, by HTTP status.",
