@@ -15,12 +15,17 @@ Every clip, bona fide and spoof, then goes through the shared corpus's train cha
 a G.722 round trip at 16 kHz, a steep low-pass at 7 kHz (and -23 dBFS again), 16-bit FLAC.
 
 The output has the corpus's flat layout (``flac/XT_NNNNN.flac``,
-``protocols/VS.cm.train.trn.txt``, a README.md), so ``load_split(out, "train")`` reads it. No
-text-to-speech is used: the eval split's unseen attacks (Festival ``ked``, espeak-ng German,
-Italian, Portuguese, Dutch) and the dev split's voice (Asterisk French) stay out.
+``protocols/VS.cm.train.trn.txt``, a README.md), so ``load_split(out, "train")`` reads it. The
+clips of a few held-out languages (``--dev-languages``, default ``DEV_LANGUAGES``: six voices
+the training never hears) go to ``protocols/VS.cm.dev.trl.txt`` instead, for validation on new
+voices (``load_split(out, "dev")``, ``scripts/validate_default.py``); ``--extra-train`` reads
+only the train split. A clip does not depend on the split it goes to. No text-to-speech is
+used: the eval split's unseen attacks (Festival ``ked``, espeak-ng German, Italian, Portuguese,
+Dutch) and the dev split's voice (Asterisk French) stay out.
 
     python scripts/make_extra_data.py                          # all languages, default --out
     python scripts/make_extra_data.py --languages en,fr --max-clips-per-language 5 --out /tmp/x
+    python scripts/make_extra_data.py --dev-languages ""       # everything in the train split
 
 ktuberling's sounds come from ``/usr/share/ktuberling/sounds`` when the package is installed (or
 under ``--ktuberling-root``), else from ``--ktuberling-deb PATH``, else from ``apt-get download
@@ -39,7 +44,7 @@ import sys
 import time
 import zlib
 from collections import Counter, defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,6 +64,11 @@ AUDIO_SUFFIXES = (".ogg", ".wav", ".opus", ".flac")
 
 PREFIX = "XT"  # file names XT_00001...; the shared corpus's are VS_{T,D,E}_...
 PROTOCOL = "VS.cm.train.trn.txt"
+DEV_PROTOCOL = "VS.cm.dev.trl.txt"
+# Held out of training for validation (six voices, 13-15 clips each in ktuberling-data
+# 4:22.12.3; the folders with two or three clips would say little, the largest are kept for
+# training). A language missing from the sounds folder is simply not held out.
+DEV_LANGUAGES = ("de", "el", "en", "gl", "sl", "wa")
 TARGET_DBFS = -23.0
 CODEC = "g722"
 BAND_EDGE_HZ = 7000.0
@@ -499,8 +509,11 @@ def separability(utts: list[Utterance]) -> dict[str, float]:
 # --- README and summary -------------------------------------------------------------------------
 
 
-def summary_table(report: Report, attacks: list[str]) -> list[str]:
-    """A Markdown table: clips per language and attack, and seconds."""
+def summary_table(
+    report: Report, attacks: list[str], dev_languages: Sequence[str] = ()
+) -> list[str]:
+    """A Markdown table: clips per language and attack, and seconds; held-out (dev) languages
+    are marked."""
     languages = sorted({lang for lang, _ in report.clips})
     cols = ["-", *attacks]
     head = "| language | speaker | bona fide | " + " | ".join(attacks) + " | seconds |"
@@ -509,7 +522,9 @@ def summary_table(report: Report, attacks: list[str]) -> list[str]:
         counts = [report.clips[lang, a] for a in cols]
         secs = sum(report.seconds[lang, a] for a in cols)
         rows.append(
-            f"| {lang} | {speaker_id(lang)} | " + " | ".join(map(str, counts)) + f" | {secs:.0f} |"
+            f"| {lang}{' (dev)' if lang in dev_languages else ''} | {speaker_id(lang)} | "
+            + " | ".join(map(str, counts))
+            + f" | {secs:.0f} |"
         )
     totals = [sum(report.clips[lang, a] for lang in languages) for a in cols]
     secs = sum(report.seconds.values())
@@ -543,17 +558,28 @@ def write_readme(
     version: str,
     command: str,
     stats: dict[str, float],
+    dev_languages: Sequence[str] = (),
 ) -> None:
     """``out/README.md``: what the corpus holds, how it was made, its sources and licences."""
     n = sum(report.clips.values())
     seconds = sum(report.seconds.values())
     attack_lines = [f"- {a}: {ATTACKS[a]} of the bona fide clips." for a in attacks]
+    if dev_languages:
+        held_out = (
+            f"The languages {', '.join(dev_languages)} (speakers "
+            f"{', '.join(speaker_id(lang) for lang in dev_languages)}) are held out of training:\n"
+            f"their clips form a dev split (`protocols/{DEV_PROTOCOL}`, `load_split(this_folder, "
+            '"dev")`), to validate on voices the training never heard.'
+        )
+    else:
+        held_out = "A train split only (no language held out)."
     stat_line = ", ".join(f"{k} {100 * v:.0f} %" for k, v in stats.items())
     text = f"""# Extra training data: ktuberling's recorded words, with matched vocoder spoofs
 
 {n} clips ({seconds / 60:.1f} min), 16 kHz mono 16-bit FLAC, in the ASVspoof 2019 LA flat layout of
-`../shared/data` (`flac/{PREFIX}_NNNNN.flac`, `protocols/{PROTOCOL}`): a train split only, read with
-`voicescreen.train.data.load_split(this_folder, "train")`. Made by `scripts/make_extra_data.py`.
+`../shared/data` (`flac/{PREFIX}_NNNNN.flac`, `protocols/{PROTOCOL}`), read with
+`voicescreen.train.data.load_split(this_folder, "train")`. {held_out}
+Made by `scripts/make_extra_data.py`.
 
 ## What is in it
 Bona fide: the recorded words of ktuberling-data, one folder per language (speaker id
@@ -575,7 +601,7 @@ again.
 A language folder is taken to be one speaker; by the pitch of their words some folders (ca, da, gl,
 ru in ktuberling-data 4:22.12.3) seem to hold a man's and a woman's voice.
 
-{chr(10).join(summary_table(report, attacks))}
+{chr(10).join(summary_table(report, attacks, dev_languages))}
 
 Single-statistic EER, bona fide vs spoof (50 % = no information): {stat_line}.
 
@@ -598,8 +624,14 @@ Italian, Portuguese, Dutch) and the dev split's voice (Asterisk French prompts) 
     (out / "README.md").write_text(text)
 
 
-def print_summary(report: Report, attacks: list[str], stats: dict[str, float], took: float) -> None:
-    print("\n".join(summary_table(report, attacks)))
+def print_summary(
+    report: Report,
+    attacks: list[str],
+    stats: dict[str, float],
+    took: float,
+    dev_languages: Sequence[str] = (),
+) -> None:
+    print("\n".join(summary_table(report, attacks, dev_languages)))
     print("left out:\n" + "\n".join(exclusions(report)))
     if report.clipped:
         print(f"{report.clipped} clips clipped at full scale")
@@ -615,6 +647,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder (replaced)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--languages", help="comma-separated language folders (default: all)")
+    p.add_argument(
+        "--dev-languages",
+        default=",".join(DEV_LANGUAGES),
+        help="comma-separated language folders whose clips go to the dev split (held out of "
+        'training); "" for none (default: %(default)s)',
+    )
     p.add_argument("--max-clips-per-language", type=int, help="bona fide clips per language")
     p.add_argument("--attacks", default=",".join(ATTACKS), help=f"from {list(ATTACKS)}")
     p.add_argument("--ktuberling-root", type=Path, help=f"a root holding {SOUNDS} (default /)")
@@ -633,6 +671,10 @@ def main(argv: list[str] | None = None) -> int:
     languages = args.languages.split(",") if args.languages else None
     sounds, version = find_sounds(args.ktuberling_root, args.ktuberling_deb, args.cache)
     files = language_files(sounds, languages)
+    held = {lang.strip() for lang in args.dev_languages.split(",") if lang.strip()}
+    dev_languages = [lang for lang in files if lang in held]
+    if dev_languages and len(dev_languages) == len(files):
+        raise SystemExit(f"every language is in --dev-languages ({dev_languages}): none to train")
 
     out: Path = args.out
     if out.exists():
@@ -644,24 +686,31 @@ def main(argv: list[str] | None = None) -> int:
     (out / "flac").mkdir(parents=True)
     (out / "protocols").mkdir()
 
-    report, seen, lines = Report(), set(), []
+    report, seen = Report(), set()
+    lines: dict[str, list[str]] = {PROTOCOL: [], DEV_PROTOCOL: []}
     opts = ClipOptions()
     for language, paths in files.items():
         clips = language_clips(
             language, paths, args.seed, attacks, opts, report, args.max_clips_per_language, seen
         )
+        protocol = DEV_PROTOCOL if language in dev_languages else PROTOCOL
         for clip in clips:
-            lines.append(write_clip(out, f"{PREFIX}_{len(lines) + 1:05d}", clip, report))
+            number = sum(map(len, lines.values())) + 1
+            lines[protocol].append(write_clip(out, f"{PREFIX}_{number:05d}", clip, report))
         n = report.clips[language, "-"]
-        print(f"{language}: {report.files[language]} files, {n} bona fide + {n} spoof clips")
-    if not lines:
+        split = "dev" if protocol == DEV_PROTOCOL else "train"
+        print(f"{language}: {report.files[language]} files, {n} bona fide + {n} spoof ({split})")
+    if not lines[PROTOCOL]:
         raise SystemExit("no clips made: too few usable words")
-    (out / "protocols" / PROTOCOL).write_text("\n".join(lines) + "\n")
+    for name, made in lines.items():
+        if made:
+            (out / "protocols" / name).write_text("\n".join(made) + "\n")
 
-    stats = separability(load_split(out, "train"))
+    utts = load_split(out, "train") + (load_split(out, "dev") if lines[DEV_PROTOCOL] else [])
+    stats = separability(utts)
     command = shlex.join(["python", "scripts/make_extra_data.py", *(argv or sys.argv[1:])])
-    write_readme(out, report, attacks, version, command, stats)
-    print_summary(report, attacks, stats, time.monotonic() - started)
+    write_readme(out, report, attacks, version, command, stats, dev_languages)
+    print_summary(report, attacks, stats, time.monotonic() - started, dev_languages)
     return 0
 
 

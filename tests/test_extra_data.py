@@ -1,6 +1,7 @@
 """``scripts/make_extra_data.py`` on a small fake ktuberling tree cut from real corpus speech: the
 output loads as a train split, is balanced and matched, sits at the corpus's level, rate and band,
-is reproducible, and no simple statistic tells bona fide from spoof."""
+is reproducible, no simple statistic tells bona fide from spoof, and held-out languages go to a dev
+split."""
 
 from __future__ import annotations
 
@@ -166,12 +167,44 @@ def test_the_same_seed_gives_the_same_corpus(ktuberling, tmp_path):
     assert not np.array_equal(a1[0][: a3[0].size], a3[0][: a1[0].size])
 
 
+def test_held_out_languages_go_to_the_dev_split_unchanged(built, ktuberling, tmp_path):
+    """``--dev-languages`` moves a language's clips (bona fide and spoofs) to the dev protocol;
+    the clips are the ones an all-train build makes, and the train split no longer holds them."""
+    out = tmp_path / "held"
+    printed = run("--ktuberling-root", str(ktuberling), "--out", str(out), "--dev-languages", "yy")
+    train, dev = load_split(out, "train"), load_split(out, "dev")
+    assert {u.speaker for u in train} == {"KTU_XX"} and {u.speaker for u in dev} == {"KTU_YY"}
+    assert len({u.file for u in train + dev}) == len(train + dev)
+    assert sorted(p.stem for p in (out / "flac").iterdir()) == sorted(u.file for u in train + dev)
+    assert (out / "protocols" / extra.DEV_PROTOCOL).is_file()
+    everything = load_split(built[0], "train")
+    assert len(train) + len(dev) == len(everything)
+    for mine, all_train in (
+        (train, [u for u in everything if u.speaker == "KTU_XX"]),
+        (dev, [u for u in everything if u.speaker == "KTU_YY"]),
+    ):
+        assert [u.attack for u in mine] == [u.attack for u in all_train]
+        for a, b in zip(mine, all_train, strict=True):
+            np.testing.assert_array_equal(sf.read(str(a.path))[0], sf.read(str(b.path))[0])
+    assert "yy: " in printed and "(dev)" in printed
+    assert "held out of training" in (out / "README.md").read_text()
+
+
+def test_the_default_held_out_languages_are_fixed_and_absent_ones_ignored(built):
+    assert extra.DEV_LANGUAGES == ("de", "el", "en", "gl", "sl", "wa")
+    assert extra.parse_args([]).dev_languages == "de,el,en,gl,sl,wa"
+    # The fake tree has none of them: everything is in the train split, as before.
+    assert not (built[0] / "protocols" / extra.DEV_PROTOCOL).exists()
+
+
 def test_bad_arguments_are_refused(ktuberling, tmp_path):
     root = str(ktuberling)
     with pytest.raises(SystemExit, match="no such language"):
         run("--ktuberling-root", root, "--out", str(tmp_path / "o"), "--languages", "qq")
     with pytest.raises(SystemExit, match="unknown attack"):
         run("--ktuberling-root", root, "--out", str(tmp_path / "o"), "--attacks", "A04")
+    with pytest.raises(SystemExit, match="none to train"):
+        run("--ktuberling-root", root, "--out", str(tmp_path / "o"), "--dev-languages", "xx,yy")
     keep = tmp_path / "precious"
     keep.mkdir()
     (keep / "thesis.tex").write_text("x")

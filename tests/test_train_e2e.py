@@ -289,6 +289,20 @@ def test_lfcc_gmm_recipe_beats_chance_on_dev(data_dir, tmp_path):
     assert card["metrics"]["dev"]["clean"]["min_tdcf"] is not None  # ASV scores found beside
 
 
+def test_extra_dev_corpora_join_the_dev_split_for_calibration(small_corpus, tmp_path):
+    """A corpus's dev split (held-out voices) joins the dev split the bundle is calibrated on;
+    its train split is not read."""
+    recipe = load_recipe(
+        "lfcc-gmm",
+        overrides={"subset": 4, "extra_dev": [str(small_corpus)], "model": {"n_components": 2}},
+    )
+    result = train(recipe, small_corpus, tmp_path / "g", export=tmp_path / "b", progress=False)
+    data = load_bundle(result.bundle).card["training"]["data"]
+    n_dev = len(load_split(small_corpus, "dev"))
+    assert data["train"]["clips"] == 4 and data["dev"]["clips"] == 2 * n_dev
+    assert [(d["root"], d["clips"]) for d in data["extra_dev"]] == [(str(small_corpus), n_dev)]
+
+
 def test_extra_train_corpora_join_the_train_split(small_corpus, tmp_path):
     """A second corpus's train split is added whole (after the main split's subset) and the
     bundle card says so."""

@@ -205,6 +205,28 @@ class FeatureCache:
         return np.load(path, mmap_mode="r")
 
 
+def feature_cache(
+    folder: Path,
+    recipe: Recipe,
+    model: nn.Module,
+    origin: dict,
+    k: int,
+    samples: int,
+    device: torch.device,
+) -> FeatureCache:
+    """The cache of the frozen part's features in ``folder``, keyed by everything that
+    determines them (architecture, model config, initial weights, frozen blocks, window)."""
+    key = {
+        "format": FEATURE_FORMAT,
+        "architecture": recipe.architecture,
+        "model": recipe.model_config(),
+        "init": origin.get("init_sha256", f"random seed {recipe.seed}"),
+        "frozen_blocks": k,
+        "samples": samples,
+    }
+    return FeatureCache(folder, lambda: prefix_runner(model, k, samples, device), key)
+
+
 def _batches(features: np.ndarray, order: np.ndarray, size: int):
     for i in range(0, len(order), size):
         idx = np.sort(order[i : i + size])
@@ -264,15 +286,7 @@ def train_frozen(
     criterion = T._criterion(recipe, device)
 
     # -- the cache ------------------------------------------------------------------------------
-    key = {
-        "format": FEATURE_FORMAT,
-        "architecture": recipe.architecture,
-        "model": recipe.model_config(),
-        "init": origin.get("init_sha256", f"random seed {recipe.seed}"),
-        "frozen_blocks": k,
-        "samples": samples,
-    }
-    cache = FeatureCache(out / "features", lambda: prefix_runner(model, k, samples, device), key)
+    cache = feature_cache(out / "features", recipe, model, origin, k, samples, device)
     plain = T.ClipDataset(train_utts, samples, crop=recipe.crop, augment=None, seed=recipe.seed)
     augmented = T.ClipDataset(
         train_utts, samples, crop=recipe.crop, augment=recipe.augment, seed=recipe.seed

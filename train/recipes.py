@@ -69,6 +69,10 @@ class Recipe:
     # More corpora in the same layout whose whole train split joins the (subset of the) main one,
     # e.g. the one scripts/make_extra_data.py builds.
     extra_train: tuple[str, ...] = ()
+    # More corpora whose dev split joins the main dev split for the per-epoch figures and the
+    # calibration, e.g. the held-out voices of scripts/make_extra_data.py (their train split is
+    # not read).
+    extra_dev: tuple[str, ...] = ()
     seed: int = 1234
     augment: Augment = field(default_factory=Augment)
     amp: bool = True  # mixed precision (float16 autocast + grad scaling) on CUDA
@@ -99,6 +103,7 @@ class Recipe:
                 raise ValueError("class_weights needs two values: (spoof, bona fide)")
         self.calibration = tuple(self.calibration)
         self.extra_train = tuple(str(p) for p in self.extra_train)
+        self.extra_dev = tuple(str(p) for p in self.extra_dev)
         problems = []
         if self.architecture not in ARCHITECTURES:
             problems.append(f"unknown architecture {self.architecture!r}")

@@ -3,8 +3,10 @@
     result = train(load_recipe("aasist-l", overrides={"init": "AASIST-L.pth"}), "../shared/data",
                    "runs/aasist-l", export="runs/aasist-l/bundle")
 
-Data: the train split (optionally a seeded class-balanced ``subset``) for training, the dev split
-for the per-epoch figures and for calibration; the eval split is never read here.
+Data: the train split (optionally a seeded class-balanced ``subset``, plus the train splits of the
+recipe's ``extra_train`` corpora) for training, the dev split (plus the dev splits of its
+``extra_dev`` corpora) for the per-epoch figures and for calibration; the eval split is never read
+here.
 
 Windows: training draws a random crop of ``input_samples`` from each clip (AASIST's ``pad_random``;
 ``crop = "first"`` takes the first window, as Tak's RawNet2 loader), augments it, and repeat-pads
@@ -66,8 +68,9 @@ AASIST_ATTRIBUTION = (
 )
 
 
-# Recipe fields that only change how a run executes, not what it computes.
-RESUME_MAY_CHANGE = frozenset({"num_workers", "threads", "eval_every"})
+# Recipe fields that only change how a run executes, or what it is measured and calibrated on,
+# not what it trains.
+RESUME_MAY_CHANGE = frozenset({"num_workers", "threads", "eval_every", "extra_dev"})
 
 
 class TrainError(RuntimeError):
@@ -510,6 +513,9 @@ def train(
     for utts in extra.values():
         train_utts += utts
     dev_utts = load_split(data_root, "dev")
+    extra_dev = {root: load_split(root, "dev") for root in recipe.extra_dev}
+    for utts in extra_dev.values():
+        dev_utts += utts
     log.info("train: %s", describe(train_utts))
     data_card = {
         "root": str(data_root),
@@ -521,6 +527,7 @@ def train(
         "per_attack": recipe.per_attack,
         "seed": recipe.seed,
         "dev": describe(dev_utts),
+        "extra_dev": [{"root": str(root), **describe(u)} for root, u in extra_dev.items()],
         "train_files_sha": _files_digest(train_utts),
     }
 
