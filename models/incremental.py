@@ -126,18 +126,15 @@ class ReuseStats:
     encoder_samples: int = 0  # input samples run through the encoder
     frames_reused: int = 0
 
-    @property
-    def encoder_share(self) -> float | None:
-        """Encoder input per window, as a fraction of a whole window's (1.0: no reuse)."""
-        return None if not self.windows else self.encoder_samples / self.windows
-
     def to_dict(self, input_samples: int) -> dict:
-        share = self.encoder_share
+        """The counts, and ``encoder_share``: encoder input per window as a fraction of a whole
+        window's (1.0: no reuse)."""
+        share = self.encoder_samples / self.windows / input_samples if self.windows else None
         return {
             "windows": self.windows,
             "reused": self.reused,
             "frames_reused": self.frames_reused,
-            "encoder_share": None if share is None else share / input_samples,
+            "encoder_share": share,
         }
 
 

@@ -159,9 +159,8 @@ class WorkerStream:
         if self.frames is None:
             return self.worker.submit(window.samples)
         audio = window.end - window.start  # less than the window when it is repeat-padded
-        job = Job(window.samples, window.start, self.frames)
-        job.audio = audio if audio < window.samples.size else None
-        return self.worker.submit(job)
+        padded = audio if audio < window.samples.size else None
+        return self.worker.submit(Job(window.samples, window.start, self.frames, padded))
 
 
 class InferenceWorker:
