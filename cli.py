@@ -69,9 +69,10 @@ def add_runtime_arguments(
         parser.add_argument(
             "--reuse",
             action="store_true",
-            help="AASIST/AASIST-L, --backend onnx: reuse each stream's encoder frames across "
-            "overlapping windows (same scores, ~2x fewer encoder samples per window); window "
-            "starts move onto the encoder's 2187-sample grid (hop 1 s -> 0.957 s)",
+            help="AASIST/AASIST-L, --backend onnx (or torch with --fast-path bf16): reuse each "
+            "stream's encoder frames across overlapping windows (same scores, ~2x fewer encoder "
+            "samples per window); window starts move onto the encoder's 2187-sample grid (hop "
+            "1 s -> 0.957 s); with bf16 every chunk length is compiled at start-up (~1 min)",
         )
 
 

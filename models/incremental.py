@@ -35,7 +35,9 @@ grid, goes through whole.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import time
+import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -149,14 +151,18 @@ class _Plan:
 
 
 class IncrementalRuntime:
-    """Scores windows like the bundle's ONNX model, reusing each stream's encoder frames.
+    """Scores windows like the bundle's model, reusing each stream's encoder frames.
 
     Called with a list of ``Job``s (what a worker hands it, ``takes_jobs``) or, like any runtime,
-    with (B, input_samples) windows (no reuse). Two ONNX Runtime sessions: the encoder (any
-    length, dynamic batch) and the head (29 frames).
+    with (B, input_samples) windows (no reuse). The head (29 frames -> logits, score) is an ONNX
+    Runtime session; the encoder is one too (a graph per input length), or, with ``fast_path``
+    ``bf16``, the bfloat16 encoder of ``compile_bf16`` compiled by torch inductor for each chunk
+    length a window can need (``chunk_lengths``: all compiled at start-up, so that no stream
+    waits for a compile; ~20 s for the first and ~8 s for each further length with a cold cache).
+    Its scores are then those of the bf16 model on whole windows to bf16 rounding (lossy against
+    the fp32 model as ``--fast-path bf16`` is, ~2x faster per window).
     """
 
-    backend = "onnx"
     takes_jobs = True
 
     def __init__(
@@ -176,10 +182,11 @@ class IncrementalRuntime:
             )
         if bundle.quantized:
             raise FastPathError(f"{bundle.name}: encoder reuse needs an fp32 bundle, not int8")
-        if fast_path not in (None, "exact"):
-            raise FastPathError(f"encoder reuse runs on ONNX Runtime: fast path {fast_path} is not")
+        if fast_path not in (None, "exact", "bf16"):
+            raise FastPathError(f"encoder reuse does not run on fast path {fast_path}")
+        self.backend = "torch" if fast_path == "bf16" else "onnx"
         if fast_path:
-            check_fast_path(bundle, fast_path, "onnx")
+            check_fast_path(bundle, fast_path, self.backend)
         model = bundle.build_torch()
         self.name = bundle.name
         self.input_samples = bundle.input_samples
@@ -193,41 +200,63 @@ class IncrementalRuntime:
             encoder = optimize_onnx(
                 encoder, check_input=_default_check_input(self.input_samples), threads=threads
             )
+        if fast_path:
             providers = ["cpu"]
         self.fast_path = fast_path
         self.reuse = True
         self._encoder_graph, self._providers, self._threads = encoder, providers, threads
-        self._encoders: dict[int, Any] = {}
+        self._encoders: dict[int, Callable[[np.ndarray], np.ndarray]] = {}
         self._head = ort_session(
             head, name=f"{self.name} head", providers=providers, threads=threads, spin=False
         )
-        self.providers = self._encoder_for(self.input_samples).get_providers()
+        self._bf16 = _BF16Encoders(bundle, model, threads) if fast_path == "bf16" else None
+        if self._bf16 is not None:
+            self._encoders.update(self._bf16.compile(self.chunk_lengths()))
+            self.providers = ["cpu"]
+        else:
+            self.providers = self._encoder_for(self.input_samples).session.get_providers()
         self.stats = ReuseStats()
+
+    def chunk_lengths(self) -> list[int]:
+        """Every encoder input length a window can need: the whole window, the edge chunk and a
+        tail chunk from each frame of the grid."""
+        g = self.geometry
+        tails = [
+            self.input_samples - (new_from - 1) * g.stride
+            for new_from in range(1 + TAIL_GRID, g.frames - 1, TAIL_GRID)
+        ]
+        return [self.input_samples, g.edge_samples, *tails]
 
     def encode(self, chunks: np.ndarray) -> np.ndarray:
         """(B, samples) -> |encoder output| (B, channels, spectral nodes, frames)."""
         x = np.ascontiguousarray(chunks, dtype=np.float32)
-        return self._encoder_for(x.shape[1]).run(["features"], {"waveform": x})[0]
+        return self._encoder_for(x.shape[1])(x)
 
-    def _encoder_for(self, samples: int):
-        """The encoder graph specialised to ``samples``-sample inputs (~15 % faster than the
-        graph with a dynamic length), made on first use; the few lengths used are kept."""
+    def _encoder_for(self, samples: int) -> Callable[[np.ndarray], np.ndarray]:
+        """The encoder specialised to ``samples``-sample inputs (an ONNX graph ~15 % faster than
+        one with a dynamic length; the bf16 encoder compiled for it), made on first use; the few
+        lengths used are kept."""
         from voicescreen.models.runtime import ort_session
 
-        session = self._encoders.pop(samples, None)
-        if session is None:
-            session = ort_session(
-                self._encoder_graph,
-                name=f"{self.name} encoder ({samples} samples)",
-                providers=self._providers,
-                threads=self._threads,
-                dims={"samples": samples},
-                spin=False,
+        encoder = self._encoders.pop(samples, None)
+        if encoder is None and self._bf16 is not None:
+            encoder = self._bf16.compile([samples])[samples]
+        elif encoder is None:
+            encoder = _OrtEncoder(
+                ort_session(
+                    self._encoder_graph,
+                    name=f"{self.name} encoder ({samples} samples)",
+                    providers=self._providers,
+                    threads=self._threads,
+                    dims={"samples": samples},
+                    spin=False,
+                )
             )
-        self._encoders[samples] = session  # most recently used last
-        while len(self._encoders) > MAX_ENCODERS:
+        self._encoders[samples] = encoder  # most recently used last
+        limit = max(MAX_ENCODERS, len(self.chunk_lengths()) + 1)
+        while len(self._encoders) > limit:
             del self._encoders[next(iter(self._encoders))]
-        return session
+        return encoder
 
     def head(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(B, channels, nodes, frames) encoder output of whole windows -> (logits, score)."""
@@ -302,6 +331,67 @@ class IncrementalRuntime:
                 for j in plan.keep:
                     frames.frames[plan.first + j] = out[i, ..., j].copy()
                 frames.forget_before(plan.first + 1)
+        return out
+
+
+class _OrtEncoder:
+    """An encoder ONNX Runtime session as a function of (B, samples) float32 windows."""
+
+    def __init__(self, session: Any) -> None:
+        self.session = session
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self.session.run(["features"], {"waveform": x})[0]
+
+
+class _BF16Encoders:
+    """The bf16 encoder (``models.optimize.BF16Encoder``) compiled for given input lengths, one
+    set of bf16 weights shared by all."""
+
+    def __init__(self, bundle: Bundle, model: nn.Module, threads: int | None) -> None:
+        import torch
+
+        from voicescreen.models.optimize import BF16AASIST
+        from voicescreen.models.runtime import _bf16_failed, _compiler_problem
+
+        problem = _compiler_problem()
+        if problem:
+            raise _bf16_failed(bundle, problem)
+        if threads:
+            torch.set_num_threads(threads)
+        self.bundle, self.model = bundle, model.eval()
+        self.blocks = BF16AASIST(self.model).blocks
+
+    def compile(self, lengths: Sequence[int]) -> dict[int, Callable[[np.ndarray], np.ndarray]]:
+        """An encoder per length, each compiled now (one input through it)."""
+        import torch
+
+        from voicescreen.models.optimize import compile_bf16_encoder
+        from voicescreen.models.runtime import _bf16_compile_failed
+
+        start, out = time.perf_counter(), {}
+        for samples in lengths:
+            module = compile_bf16_encoder(self.model, samples, self.blocks)
+
+            def run(x: np.ndarray, module: nn.Module = module) -> np.ndarray:
+                with torch.inference_mode(), warnings.catch_warnings():
+                    # the FFT front end stays complex, outside inductor's kernels
+                    warnings.filterwarnings(
+                        "ignore", "Torchinductor does not support code generation"
+                    )
+                    return module(torch.from_numpy(x)).numpy()
+
+            try:
+                run(np.zeros((1, samples), np.float32))
+            except Exception as e:
+                raise _bf16_compile_failed(self.bundle, e) from e
+            out[samples] = run
+        log.info(
+            "%s: bf16 encoder compiled for %d input lengths in %.0f s",
+            self.bundle.name,
+            len(out),
+            time.perf_counter() - start,
+        )
         return out
 
 

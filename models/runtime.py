@@ -292,6 +292,15 @@ def _bf16_failed(bundle: Bundle, cause: str) -> FastPathError:
     )
 
 
+def _bf16_compile_failed(bundle: Bundle, e: Exception) -> FastPathError:
+    """``_bf16_failed`` naming the root cause of a failed compile (inductor wraps it)."""
+    root: BaseException = e
+    while root.__cause__ is not None:
+        root = root.__cause__
+    first = (str(root).strip().splitlines() or [""])[0][:300]
+    return _bf16_failed(bundle, f"{type(root).__name__}: {first}")
+
+
 def bf16_runtime(
     bundle: Bundle,
     *,
@@ -338,11 +347,7 @@ def bf16_runtime(
             warnings.filterwarnings("ignore", "Torchinductor does not support code generation")
             runtime(_default_check_input(bundle.input_samples)[:1])
     except Exception as e:  # inductor wraps a failed compile in BackendCompilerFailed & co.
-        root = e
-        while root.__cause__ is not None:
-            root = root.__cause__
-        first = (str(root).strip().splitlines() or [""])[0][:300]
-        raise _bf16_failed(bundle, f"{type(root).__name__}: {first}") from e
+        raise _bf16_compile_failed(bundle, e) from e
     runtime.fast_path = "bf16"
     log.info(
         "%s: fast path bf16: %s, compiled in %.0f s",
@@ -363,8 +368,9 @@ def open_runtime(
 ) -> OnnxRuntime | TorchRuntime | IncrementalRuntime:
     """A runtime for ``bundle`` on ``backend`` (``onnx`` or ``torch``), on ``fast_path``
     (``exact``, ``bf16`` or None) when given; ``reuse``: one that reuses each stream's encoder
-    frames across overlapping windows (``models.incremental``; AASIST family, onnx, plain or
-    exact). ``options`` go to the runtime (``providers``, ``threads``, ``device``). Raises
+    frames across overlapping windows (``models.incremental``; AASIST family: onnx, plain or
+    exact, or torch with bf16). ``options`` go to the runtime (``providers``, ``threads``,
+    ``device``). Raises
     ``FastPathError`` (a ``ValueError``) saying why a fast path or reuse cannot run, and
     ``BundleError`` for the torch backend on an int8 bundle."""
     from voicescreen.models.bundle import ONNX_FILE, BundleError
@@ -374,8 +380,13 @@ def open_runtime(
     if reuse:
         from voicescreen.models.incremental import IncrementalRuntime
 
-        if backend != "onnx":
-            raise FastPathError("encoder reuse runs on the onnx backend, not torch")
+        if backend != "onnx" and fast_path != "bf16":
+            raise FastPathError(
+                "encoder reuse runs on the onnx backend (plain or --fast-path exact) or on the "
+                "torch backend's --fast-path bf16, not plain torch"
+            )
+        if fast_path is not None:
+            check_fast_path(bundle, fast_path, backend)
         options.pop("device", None)
         return IncrementalRuntime(bundle, fast_path=fast_path, **options)
     if fast_path is not None:

@@ -12,7 +12,11 @@ expects (clean, 8 kHz mu-law, GSM then mu-law); rows are pooled over the channel
 
     python scripts/bench_cascade.py --expert models/default --screen runs/lcnn/bundle \\
         [--screen runs/gmm/bundle] [--data-root ../shared/data] [--split dev]
-        [--bands 0.5 1 2 4 8] [--no-write]
+        [--bands 0.5 1 2 4 8] [--expert-paths plain bf16] [--no-write]
+
+``--expert-paths``: the expert on its plain ONNX graph and/or on the bf16 fast path (PyTorch,
+``--fast-path bf16``: lossy; with ``--reuse`` its stream scores are these to bf16 rounding), each
+alone and behind every screen.
 
 Writes section "cascade" of docs/benchmarks.md and prints it.
 """
@@ -39,10 +43,16 @@ SHARED = Path(__file__).resolve().parents[2] / "shared"
 CHANNELS = ("clean", "mulaw", "mobile")
 
 
-def calibrated_scores(bundle_path: str, utts, channels) -> tuple[str, np.ndarray, float]:
-    """(name, calibrated scores (channels x clips), windows/s) of a bundle on ONNX Runtime."""
+def calibrated_scores(
+    bundle_path: str, utts, channels, fast_path: str = "plain"
+) -> tuple[str, np.ndarray, float]:
+    """(name, calibrated scores (channels x clips), windows/s) of a bundle on ONNX Runtime, or
+    on the torch backend's bf16 fast path (``fast_path`` "bf16")."""
     bundle = load_bundle(resolve_bundle(bundle_path))
-    runtime = bundle.runtime("onnx")
+    if fast_path == "bf16":
+        runtime = bundle.runtime("torch", fast_path="bf16")
+    else:
+        runtime = bundle.runtime("onnx")
     runtime(np.zeros((1, bundle.input_samples), np.float32))  # warm up
     busy = 0.0
 
@@ -58,7 +68,8 @@ def calibrated_scores(bundle_path: str, utts, channels) -> tuple[str, np.ndarray
         raw = score_utterances(score, utts, bundle.input_samples, ch)
         rows.append(bundle.score.calibrate(raw))
         log.info("%s on %s: scored %d clips", bundle.name, ch, len(utts))
-    return bundle.name, np.stack(rows), len(channels) * len(utts) / busy
+    name = bundle.name if fast_path == "plain" else f"{bundle.name} ({fast_path})"
+    return name, np.stack(rows), len(channels) * len(utts) / busy
 
 
 def figures(scores: np.ndarray, bona: np.ndarray) -> tuple[float, float, float]:
@@ -76,6 +87,13 @@ def main() -> int:
     p.add_argument("--split", default="dev", choices=["train", "dev"], help="never eval")
     p.add_argument("--channels", default=",".join(CHANNELS))
     p.add_argument("--bands", type=float, nargs="+", default=[0.5, 1.0, 2.0, 4.0, 8.0])
+    p.add_argument(
+        "--expert-paths",
+        nargs="+",
+        default=["plain"],
+        choices=["plain", "bf16"],
+        help="the expert's runtime(s): plain ONNX graph, bf16 fast path",
+    )
     p.add_argument("--no-write", action="store_true")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
@@ -84,9 +102,7 @@ def main() -> int:
     utts = load_split(args.data_root, args.split)
     bona = np.array([u.label == "bonafide" for u in utts])
     channels = [c.strip() for c in args.channels.split(",") if c.strip()]
-    expert_name, expert, expert_rate = calibrated_scores(args.expert, utts, channels)
-    e_eer, e_acc, e_rej = figures(expert, bona)
-
+    experts = [calibrated_scores(args.expert, utts, channels, path) for path in args.expert_paths]
     lines = [
         f"Each clip's evaluation window of the `{args.split}` split of `{args.data_root}` "
         f"({len(utts)} clips: {bona.sum()} bona fide, {(~bona).sum()} spoof) through "
@@ -94,32 +110,37 @@ def main() -> int:
         "> 0 is bona fide, each model at its own card's threshold. A window is escalated when "
         "|screen score| <= band; the cascade's score is then the expert's, otherwise the "
         "screen's. Arithmetic = (screen + escalated share x expert) / expert, from the "
-        "windows/s measured here (batches of 16, ONNX Runtime).",
+        "windows/s measured here (batches of 16; the first expert's rate).",
         "",
         f"Machine: {machine()}; {versions()}.",
         "",
         "| scorer | band | escalated | EER | bona fide accepted | spoofs rejected | "
         "arithmetic vs expert alone |",
         "|---|---|---|---|---|---|---|",
-        f"| {expert_name} alone ({expert_rate:.1f} windows/s) | - | 100 % | {e_eer:.1%} | "
-        f"{e_acc:.1%} | {e_rej:.1%} | 1.00 |",
     ]
+    for expert_name, expert, expert_rate in experts:
+        e_eer, e_acc, e_rej = figures(expert, bona)
+        lines.append(
+            f"| {expert_name} alone ({expert_rate:.1f} windows/s) | - | 100 % | {e_eer:.1%} | "
+            f"{e_acc:.1%} | {e_rej:.1%} | 1.00 |"
+        )
     for path in args.screen:
         name, screen, rate = calibrated_scores(path, utts, channels)
         s_eer, s_acc, s_rej = figures(screen, bona)
-        cost = expert_rate / rate
+        cost = experts[0][2] / rate
         lines.append(
             f"| {name} alone ({rate:.0f} windows/s) | - | 0 % | {s_eer:.1%} | {s_acc:.1%} | "
             f"{s_rej:.1%} | {cost:.2f} |"
         )
-        for band in args.bands:
-            near = np.abs(screen) <= band
-            cascade = np.where(near, expert, screen)
-            c_eer, c_acc, c_rej = figures(cascade, bona)
-            lines.append(
-                f"| {name} > {expert_name} | {band:g} | {near.mean():.0%} | {c_eer:.1%} | "
-                f"{c_acc:.1%} | {c_rej:.1%} | {cost + near.mean():.2f} |"
-            )
+        for expert_name, expert, _ in experts:
+            for band in args.bands:
+                near = np.abs(screen) <= band
+                cascade = np.where(near, expert, screen)
+                c_eer, c_acc, c_rej = figures(cascade, bona)
+                lines.append(
+                    f"| {name} > {expert_name} | {band:g} | {near.mean():.0%} | {c_eer:.1%} | "
+                    f"{c_acc:.1%} | {c_rej:.1%} | {cost + near.mean():.2f} |"
+                )
     body = "\n".join(lines)
     command = "python scripts/bench_cascade.py " + " ".join(sys.argv[1:])
     if not args.no_write:

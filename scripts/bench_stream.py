@@ -150,6 +150,9 @@ async def run_trial(
         # a new call every `arrival` seconds, or the starts spread evenly over `stagger`
         spread = args.arrival * n if args.arrival else args.stagger or args.hop
         offset = spread * k / n
+        # every stream runs until the last one to start has run `seconds`: all N at once
+        length = args.seconds + spread * (n - 1 - k) / n
+        data = data[: int(length * SAMPLE_RATE) * 2]
         for i, pos in enumerate(range(0, len(data), chunk)):
             due = start + offset + i * args.chunk_ms / 1000
             delay = due - loop.time()
@@ -192,7 +195,7 @@ def largest_realtime(
     tried: list[Trial] = []
     best: Trial | None = None
     lo, hi, n = 0, None, 1
-    while time.monotonic() + args.seconds * 1.5 < deadline:
+    while time.monotonic() + (args.seconds + (args.arrival or 0) * n) * 1.5 < deadline:
         trial = asyncio.run(run_trial(mode, n, make_worker, audio, args, replica_pids))
         tried.append(trial)
         ok = trial.ok()
@@ -263,6 +266,7 @@ LOCAL_VARIANTS = {
     "onnx+reuse": ("onnx", {"reuse": True}),
     "onnx+exact+reuse": ("onnx", {"fast_path": "exact", "reuse": True}),
     "torch+bf16": ("torch", {"fast_path": "bf16"}),
+    "torch+bf16+reuse": ("torch", {"fast_path": "bf16", "reuse": True}),
 }
 
 
@@ -289,7 +293,10 @@ def main() -> int:
     )
     p.add_argument("--band", type=float, default=1.0, help="cascade: escalate |screen| <= band")
     p.add_argument(
-        "--cascade-on", help="the --backend cascades run on (default: the last one named)"
+        "--cascade-on",
+        nargs="+",
+        default=None,
+        help="the --backend(s) cascades run on (default: the last one named)",
     )
     p.add_argument(
         "--skip",
@@ -344,7 +351,9 @@ def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     logging.getLogger("voicescreen").setLevel(logging.WARNING)
 
-    audio_f = [conversation(args.seconds + 5, args.speech, seed) for seed in range(8)]
+    most = args.streams or args.max_streams
+    longest = args.seconds + (args.arrival * most if args.arrival else args.stagger or args.hop)
+    audio_f = [conversation(longest + 1, args.speech, seed) for seed in range(8)]
     audio = [
         np.round(np.clip(a, -1, 32767 / 32768) * 32768).astype("<i2").tobytes() for a in audio_f
     ]
@@ -359,7 +368,7 @@ def main() -> int:
                     for mode in args.modes
                     if f"{backend}:{mode}" not in args.skip
                 ]
-                if backend == (args.cascade_on or args.backend[-1]):
+                if backend in (args.cascade_on or args.backend[-1:]):
                     configs += [(b, backend, "cascade", screen) for screen in args.cascade]
     load_before = load_average()
     t_start = time.monotonic()
@@ -424,13 +433,15 @@ def main() -> int:
         f"speech, {args.speech:.0%} speech; window hop {args.hop:g} s (with +reuse the nearest "
         f"whole number of 2187-sample encoder strides: 7 = 0.957 s); VAD min_voiced "
         f"{args.min_voiced}; batched: max_batch {args.max_batch}, max_wait {args.max_wait_ms:g} "
-        f"ms; {args.seconds:g} s per stream, "
+        "ms; "
         + (
-            f"one stream starting every {args.arrival:g} s."
+            f"one stream starting every {args.arrival:g} s"
             if args.arrival
-            else f"stream starts spread over {args.stagger or args.hop:g} s."
+            else f"stream starts spread over {args.stagger or args.hop:g} s"
         )
-        + " Real time = every window scored within one hop of being complete, none shed. "
+        + f", each running until the last has run {args.seconds:g} s (all N at once for "
+        f"{args.seconds:g} s). Real time = every window scored within one hop of being complete, "
+        "none shed. "
         "Latency: window complete -> score.",
         "",
         f"Machine: {machine()}; {versions()}. Load average (1, 5, 15 min) before: "

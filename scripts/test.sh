@@ -8,8 +8,8 @@ cd "$root"
 # System packages the tests drive for real (installed only where missing; needs root or sudo).
 need_apt=()
 # chromium: the demo page test; pulseaudio + ALSA's pulse plugin + PortAudio: the monitor's real
-# audio device; tmux: the monitor's terminal view.
-apt_packages=(chromium pulseaudio pulseaudio-utils libasound2-plugins libportaudio2 tmux)
+# audio device; tmux: the monitor's terminal view; g++: torch inductor (--fast-path bf16).
+apt_packages=(chromium pulseaudio pulseaudio-utils libasound2-plugins libportaudio2 tmux g++)
 for pkg in "${apt_packages[@]}"; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done

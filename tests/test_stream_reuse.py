@@ -2,6 +2,7 @@
 the whole windows' through the bundle's own ONNX model, whatever mix of windows arrives."""
 
 import asyncio
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,7 @@ import pytest
 from voicescreen.audio import SAMPLE_RATE, load_audio, pad_repeat, sliding_windows
 from voicescreen.models.bundle import load_bundle
 from voicescreen.models.incremental import IncrementalRuntime, Job, StreamFrames, aligned_hop
-from voicescreen.models.runtime import FastPathError
+from voicescreen.models.runtime import FastPathError, describe
 from voicescreen.stream import BatchOptions, InferenceWorker, Session, VadOptions, WindowOptions
 
 DEFAULT = Path(__file__).resolve().parents[1] / "models" / "default"
@@ -126,9 +127,7 @@ def test_reuse_refuses_what_it_cannot_do(bundle, gmm_bundle):
     with pytest.raises(FastPathError, match="aasist"):
         load_bundle(gmm_bundle).runtime("onnx", reuse=True)
     with pytest.raises(FastPathError, match="onnx backend"):
-        bundle.runtime("torch", reuse=True)
-    with pytest.raises(FastPathError, match="bf16"):
-        bundle.runtime("onnx", reuse=True, fast_path="bf16")
+        bundle.runtime("torch", reuse=True)  # plain torch: only its bf16 fast path reuses
 
 
 def test_session_with_reuse_matches_offline_windows(bundle, whole, stream):
@@ -190,3 +189,50 @@ def test_monitor_reuse_gives_the_offline_scores(bundle, whole, stream, tmp_path)
     assert [round(e["start"] * SAMPLE_RATE) for e in regular] == [w.start for w in offline]
     want = whole(np.stack([w.samples for w in offline]))[1]
     assert np.abs(np.array([e["raw"] for e in regular]) - want).max() <= TOLERANCE
+
+
+# --- reuse on the bf16 fast path ------------------------------------------------------------------
+
+BF16_REUSE_TOLERANCE = 0.03  # scores: bf16 chunks against bf16 whole windows (measured 0.009)
+BF16_BOUND = 0.25  # scores: the bf16 path against the fp32 model (test_optimize.py)
+
+
+@pytest.fixture(scope="module")
+def reuse_bf16(bundle):
+    if shutil.which("g++") is None:
+        pytest.skip("no C++ compiler for torch inductor")  # scripts/test.sh installs g++
+    return bundle.runtime("torch", fast_path="bf16", reuse=True)  # compiles 8 lengths (~1 min)
+
+
+def test_bf16_reuse_scores_as_bf16_whole_windows(bundle, reuse_bf16, whole, stream):
+    """Encoder reuse on the bf16 encoder: every chunk length was compiled at start-up; scores
+    stay within bf16 rounding of the bf16 model's whole windows, and within the bf16 path's bound
+    of the fp32 model, for regular, early and batched windows alike."""
+    runtime = reuse_bf16
+    assert describe(runtime) == {
+        "backend": "torch",
+        "providers": ["cpu"],
+        "fast_path": "bf16",
+        "reuse": True,
+    }
+    assert sorted(runtime._encoders) == sorted(runtime.chunk_lengths())  # nothing compiles later
+    assert {64600, 4502, 64600 - 20 * 2187} <= set(runtime.chunk_lengths())
+    hop = 7 * runtime.stride
+    frames = StreamFrames()
+    jobs = [Job(pad_repeat(stream[:n], 64600), 0, frames, n) for n in (24000, 40000)]
+    jobs += [Job(w, s, frames) for s, w in windows_at(stream, hop)[:8]]
+    before = runtime.stats.reused
+    got = np.array([runtime([job])[1][0] for job in jobs])
+    assert runtime.stats.reused - before == len(jobs) - 1
+    x = np.stack([j.samples for j in jobs])
+    bf16_whole = bundle.runtime("torch", fast_path="bf16")(x)[1]
+    fp32 = whole(x)[1]
+    assert np.abs(got - bf16_whole).max() <= BF16_REUSE_TOLERANCE
+    assert 0 < np.abs(got - fp32).max() <= BF16_BOUND  # really the bf16 encoder
+    frames.frames.clear()  # all of them in one call: the same
+    assert np.abs(runtime(jobs)[1] - bf16_whole).max() <= BF16_REUSE_TOLERANCE
+
+
+def test_bf16_reuse_needs_the_torch_backend(bundle):
+    with pytest.raises(FastPathError, match="bf16"):
+        bundle.runtime("onnx", reuse=True, fast_path="bf16")  # bf16 is the torch backend's

@@ -60,7 +60,7 @@ class ServerConfig:
     backend: str = "onnx"
     providers: str = "auto"
     threads: int | None = None
-    reuse: bool = False  # in-process onnx, AASIST family: reuse encoder frames across windows
+    reuse: bool = False  # in process (onnx, torch+bf16), AASIST family: reuse encoder frames
     # A cascade: ``screen`` (a cheap bundle, onnx in this process) scores every window, and a
     # window it scores within ``cascade_band`` (calibrated units) of its threshold goes on to the
     # model the stream asked for; the event's ``scored_by`` says which model's score it carries.
@@ -103,9 +103,10 @@ class ServerConfig:
             raise ValueError(f"unknown backend {self.backend!r}; use one of {list(BACKENDS)}")
         if self.cascade_band < 0:
             raise ValueError(f"--cascade-band must be >= 0, got {self.cascade_band:g}")
-        if self.reuse and self.backend != "onnx":
+        if self.reuse and self.backend not in ("onnx", "torch"):
             raise ValueError(
-                f"--reuse runs on the onnx backend in this process, not {self.backend}"
+                "--reuse runs in this process (--backend onnx, or torch with --fast-path bf16), "
+                f"not on {self.backend}"
             )
         if self.backend == "triton" and not self.triton.url:
             raise ValueError("the triton backend needs the server's gRPC URL (--triton-url)")
