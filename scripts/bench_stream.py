@@ -150,8 +150,9 @@ async def run_trial(
         # a new call every `arrival` seconds, or the starts spread evenly over `stagger`
         spread = args.arrival * n if args.arrival else args.stagger or args.hop
         offset = spread * k / n
-        # every stream runs until the last one to start has run `seconds`: all N at once
-        length = args.seconds + spread * (n - 1 - k) / n
+        # every stream lasts `seconds` more than the starts take, so that all N run at once for
+        # `seconds` (and they end as they started, one by one: a call's end costs a window too)
+        length = args.seconds + spread * (n - 1) / n
         data = data[: int(length * SAMPLE_RATE) * 2]
         for i, pos in enumerate(range(0, len(data), chunk)):
             due = start + offset + i * args.chunk_ms / 1000
@@ -195,7 +196,7 @@ def largest_realtime(
     tried: list[Trial] = []
     best: Trial | None = None
     lo, hi, n = 0, None, 1
-    while time.monotonic() + (args.seconds + (args.arrival or 0) * n) * 1.5 < deadline:
+    while time.monotonic() + (args.seconds + 2 * (args.arrival or 0) * n) * 1.2 < deadline:
         trial = asyncio.run(run_trial(mode, n, make_worker, audio, args, replica_pids))
         tried.append(trial)
         ok = trial.ok()
@@ -439,8 +440,8 @@ def main() -> int:
             if args.arrival
             else f"stream starts spread over {args.stagger or args.hop:g} s"
         )
-        + f", each running until the last has run {args.seconds:g} s (all N at once for "
-        f"{args.seconds:g} s). Real time = every window scored within one hop of being complete, "
+        + f", each lasting {args.seconds:g} s more than the starts take (all N at once for "
+        f"{args.seconds:g} s, then ending one by one). Real time = every window scored within one hop of being complete, "
         "none shed. "
         "Latency: window complete -> score.",
         "",
