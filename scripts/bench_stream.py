@@ -441,9 +441,8 @@ def main() -> int:
             else f"stream starts spread over {args.stagger or args.hop:g} s"
         )
         + f", each lasting {args.seconds:g} s more than the starts take (all N at once for "
-        f"{args.seconds:g} s, then ending one by one). Real time = every window scored within one hop of being complete, "
-        "none shed. "
-        "Latency: window complete -> score.",
+        f"{args.seconds:g} s, then ending one by one). Real time = every window scored within "
+        "one hop of being complete, none shed. Latency: window complete -> score.",
         "",
         f"Machine: {machine()}; {versions()}. Load average (1, 5, 15 min) before: "
         f"{load_before}; after: {load_after}.",
