@@ -563,8 +563,20 @@ class _Frozen(nn.Module):
     ``torch.compile(options={"freezing": True})`` does not reach that pass.
     """
 
+    instances = 0  # made in this process
+
     def __init__(self, module: nn.Module) -> None:
         super().__init__()
+        # Dynamo keeps at most ``recompile_limit`` (8) compiled variants per code object, and
+        # every instance of one module class shares its ``forward``: past that it runs the
+        # module eagerly, silently (bf16 eager is ~7x slower). Encoder reuse compiles 8 input
+        # lengths per model, and a server may hold several models: make room for each one.
+        from torch._dynamo import config as dynamo
+
+        _Frozen.instances += 1
+        room = _Frozen.instances + 8
+        dynamo.recompile_limit = max(dynamo.recompile_limit, room)
+        dynamo.accumulated_recompile_limit = max(dynamo.accumulated_recompile_limit, 4 * room)
         self.compiled = torch.compile(module, dynamic=False)
 
     def forward(self, x: Tensor) -> Tensor:

@@ -233,6 +233,21 @@ def test_bf16_reuse_scores_as_bf16_whole_windows(bundle, reuse_bf16, whole, stre
     assert np.abs(runtime(jobs)[1] - bf16_whole).max() <= BF16_REUSE_TOLERANCE
 
 
+def test_a_second_bf16_reuse_runtime_is_compiled_too(bundle, reuse_bf16, stream):
+    """Each runtime compiles 8 encoders of one module class: dynamo's default limit of 8
+    compiled variants per code object would leave a second runtime (another model, a second
+    server state) running eagerly, ~7x slower, without a word. Here a limit hit is an error."""
+    import torch
+
+    with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):
+        second = bundle.runtime("torch", fast_path="bf16", reuse=True)
+        frames = StreamFrames()
+        jobs = [Job(w, s, frames) for s, w in windows_at(stream, 7 * second.stride)[:3]]
+        got = second(jobs)[1]
+    want = reuse_bf16([Job(j.samples) for j in jobs])[1]
+    assert np.abs(got - want).max() <= BF16_REUSE_TOLERANCE
+
+
 def test_bf16_reuse_needs_the_torch_backend(bundle):
     with pytest.raises(FastPathError, match="bf16"):
         bundle.runtime("onnx", reuse=True, fast_path="bf16")  # bf16 is the torch backend's
