@@ -206,6 +206,7 @@ class IncrementalRuntime:
         self.reuse = True
         self._encoder_graph, self._providers, self._threads = encoder, providers, threads
         self._encoders: dict[int, Callable[[np.ndarray], np.ndarray]] = {}
+        self._keep = max(MAX_ENCODERS, len(self.chunk_lengths()) + 1)  # encoders kept at once
         self._head = ort_session(
             head, name=f"{self.name} head", providers=providers, threads=threads, spin=False
         )
@@ -253,8 +254,7 @@ class IncrementalRuntime:
                 )
             )
         self._encoders[samples] = encoder  # most recently used last
-        limit = max(MAX_ENCODERS, len(self.chunk_lengths()) + 1)
-        while len(self._encoders) > limit:
+        while len(self._encoders) > self._keep:
             del self._encoders[next(iter(self._encoders))]
         return encoder
 
@@ -374,15 +374,15 @@ class _BF16Encoders:
             module = compile_bf16_encoder(self.model, samples, self.blocks)
 
             def run(x: np.ndarray, module: nn.Module = module) -> np.ndarray:
-                with torch.inference_mode(), warnings.catch_warnings():
-                    # the FFT front end stays complex, outside inductor's kernels
-                    warnings.filterwarnings(
-                        "ignore", "Torchinductor does not support code generation"
-                    )
+                with torch.inference_mode():
                     return module(torch.from_numpy(x)).numpy()
 
             try:
-                run(np.zeros((1, samples), np.float32))
+                with warnings.catch_warnings():  # while compiling: the FFT front end stays
+                    warnings.filterwarnings(  # complex, outside inductor's kernels
+                        "ignore", "Torchinductor does not support code generation"
+                    )
+                    run(np.zeros((1, samples), np.float32))
             except Exception as e:
                 raise _bf16_compile_failed(self.bundle, e) from e
             out[samples] = run

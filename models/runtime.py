@@ -370,9 +370,8 @@ def open_runtime(
     (``exact``, ``bf16`` or None) when given; ``reuse``: one that reuses each stream's encoder
     frames across overlapping windows (``models.incremental``; AASIST family: onnx, plain or
     exact, or torch with bf16). ``options`` go to the runtime (``providers``, ``threads``,
-    ``device``). Raises
-    ``FastPathError`` (a ``ValueError``) saying why a fast path or reuse cannot run, and
-    ``BundleError`` for the torch backend on an int8 bundle."""
+    ``device``). Raises ``FastPathError`` (a ``ValueError``) saying why a fast path or reuse
+    cannot run, and ``BundleError`` for the torch backend on an int8 bundle."""
     from voicescreen.models.bundle import ONNX_FILE, BundleError
 
     if backend not in ("onnx", "torch"):
