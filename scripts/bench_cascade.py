@@ -5,10 +5,10 @@ band``). Measured on a split the models were not trained on (dev by default), ne
 
 For each screen bundle and band: the share of windows escalated to the expert, the cascade's EER
 and its bona fide acceptance / spoof rejection at the calibrated threshold (0), next to the expert
-alone and the screen alone on the same windows, and the model arithmetic per window relative to the
-expert alone (from each model's measured windows/s here). Each clip's evaluation window (its
-first 64,600 samples, as ``voicescreen eval`` scores) goes through each channel the product
-expects (clean, 8 kHz mu-law, GSM then mu-law); rows are pooled over the channels.
+alone and the screen alone on the same windows, and the model arithmetic per window in units of
+the first expert path alone (from each model's measured windows/s here). Each clip's evaluation
+window (its first 64,600 samples, as ``voicescreen eval`` scores) goes through each channel the
+product expects (clean, 8 kHz mu-law, GSM then mu-law); rows are pooled over the channels.
 
     python scripts/bench_cascade.py --expert models/default --screen runs/lcnn/bundle \\
         [--screen runs/gmm/bundle] [--data-root ../shared/data] [--split dev]
@@ -109,37 +109,39 @@ def main() -> int:
         f"{', '.join(channels)}, pooled ({len(channels) * len(utts)} windows). Calibrated scores: "
         "> 0 is bona fide, each model at its own card's threshold. A window is escalated when "
         "|screen score| <= band; the cascade's score is then the expert's, otherwise the "
-        "screen's. Arithmetic = (screen + escalated share x expert) / expert, from the "
-        "windows/s measured here (batches of 16; the first expert's rate).",
+        "screen's. Arithmetic per window = screen + escalated share x expert, in units of "
+        f"the first expert alone ({experts[0][0]}), from the windows/s measured here "
+        "(batches of 16).",
         "",
         f"Machine: {machine()}; {versions()}.",
         "",
         "| scorer | band | escalated | EER | bona fide accepted | spoofs rejected | "
-        "arithmetic vs expert alone |",
+        f"arithmetic vs {experts[0][0]} alone |",
         "|---|---|---|---|---|---|---|",
     ]
+    unit = experts[0][2]  # windows/s of the first expert: every cost is in its windows
     for expert_name, expert, expert_rate in experts:
         e_eer, e_acc, e_rej = figures(expert, bona)
         lines.append(
             f"| {expert_name} alone ({expert_rate:.1f} windows/s) | - | 100 % | {e_eer:.1%} | "
-            f"{e_acc:.1%} | {e_rej:.1%} | 1.00 |"
+            f"{e_acc:.1%} | {e_rej:.1%} | {unit / expert_rate:.2f} |"
         )
     for path in args.screen:
         name, screen, rate = calibrated_scores(path, utts, channels)
         s_eer, s_acc, s_rej = figures(screen, bona)
-        cost = experts[0][2] / rate
+        cost = unit / rate
         lines.append(
             f"| {name} alone ({rate:.0f} windows/s) | - | 0 % | {s_eer:.1%} | {s_acc:.1%} | "
             f"{s_rej:.1%} | {cost:.2f} |"
         )
-        for expert_name, expert, _ in experts:
+        for expert_name, expert, expert_rate in experts:
             for band in args.bands:
                 near = np.abs(screen) <= band
                 cascade = np.where(near, expert, screen)
                 c_eer, c_acc, c_rej = figures(cascade, bona)
                 lines.append(
                     f"| {name} > {expert_name} | {band:g} | {near.mean():.0%} | {c_eer:.1%} | "
-                    f"{c_acc:.1%} | {c_rej:.1%} | {cost + near.mean():.2f} |"
+                    f"{c_acc:.1%} | {c_rej:.1%} | {cost + near.mean() * unit / expert_rate:.2f} |"
                 )
     body = "\n".join(lines)
     command = "python scripts/bench_cascade.py " + " ".join(sys.argv[1:])
