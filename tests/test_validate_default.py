@@ -64,7 +64,7 @@ def test_eers_pool_the_channels_and_separate_the_held_out_clips():
     pooled = np.concatenate([CLEAN, MULAW])
     both = np.concatenate([bona, bona])
     assert v.eer == pytest.approx(eer(pooled[both], pooled[~both])[0])
-    # a shift of every score leaves a channel's own EER as it is, not the pooled one
+    # a shift of every score leaves each channel's own EER as it is
     assert v.eer_per_channel["clean"] == v.eer_per_channel["mulaw"]
     assert v.eer_per_channel["clean"] == pytest.approx(eer(CLEAN[bona], CLEAN[~bona])[0])
     # pooling moves the EER threshold (here not the EER): 0.5 pooled against 1.25 clean alone
