@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from voicescreen.models.bundle import load_bundle
-from voicescreen.train.commands import add_parsers
+from voicescreen.train.commands import add_parsers, recipe_from_args
 from voicescreen.train.data import ProtocolError, load_split
 from voicescreen.train.evaluate import read_score_file
 from voicescreen.train.metrics import eer, min_tdcf, rates_at, read_asv_scores
@@ -45,10 +45,14 @@ SMALL_OVERRIDES = {
 }
 
 
-def run_cli(argv: list[str]) -> int:
+def parse_cli(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="voicescreen")
     add_parsers(p.add_subparsers(dest="command", required=True))
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def run_cli(argv: list[str]) -> int:
+    args = parse_cli(argv)
     return args.func(args)
 
 
@@ -323,3 +327,33 @@ def test_extra_train_corpora_join_the_train_split(small_corpus, tmp_path):
             small_corpus,
             tmp_path / "x",
         )
+
+
+def test_cpu_bf16_autocasts_the_training_passes_only(small_corpus, tmp_path, monkeypatch):
+    """--cpu-bf16: the training forward passes run in bfloat16; the weights, the optimizer and
+    the dev scoring stay float32. Off (the default), training is float32 throughout."""
+    import voicescreen.train.trainer as trainer
+
+    seen: list[tuple[bool, torch.dtype]] = []
+    build = trainer.build_model
+
+    def spy(recipe, device):
+        model, origin = build(recipe, device)
+        model.encoder.register_forward_hook(lambda m, i, o: seen.append((m.training, o.dtype)))
+        return model, origin
+
+    monkeypatch.setattr(trainer, "build_model", spy)
+    recipe = load_recipe("aasist-l", overrides={**SMALL_OVERRIDES, "epochs": 1, "subset": 4})
+    plain = train(recipe, small_corpus, tmp_path / "fp32", progress=False)
+    assert {(True, torch.float32), (False, torch.float32)} == set(seen)
+
+    seen.clear()
+    args = parse_cli(["train", "aasist-l", "--data-root", "d", "--out", "o", "--cpu-bf16"])
+    assert recipe_from_args(args).cpu_bf16 and not recipe.cpu_bf16
+    bf16 = train(recipe.override({"cpu_bf16": True}), small_corpus, tmp_path / "bf16")
+    assert {(True, torch.bfloat16), (False, torch.float32)} == set(seen)  # train, dev
+    state = bf16.model.state_dict()
+    assert all(v.dtype == torch.float32 for v in state.values() if v.is_floating_point())
+    assert np.isfinite(bf16.history[-1]["train_loss"])
+    # the same seed and data, so only the precision differs: the weights do too
+    assert any(not torch.equal(v, plain.model.state_dict()[k]) for k, v in state.items())

@@ -54,6 +54,8 @@ def recipe_from_args(args: argparse.Namespace):
         overrides["class_weights"] = args.class_weights
     if args.no_amp:
         overrides["amp"] = False
+    if args.cpu_bf16:
+        overrides["cpu_bf16"] = True
     if args.augment is not None:
         overrides["augment"] = {"preset": args.augment}
     if args.calibrate_on is not None:
@@ -223,6 +225,11 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     )
     s.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     s.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
+    s.add_argument(
+        "--cpu-bf16",
+        action="store_true",
+        help="bfloat16 autocast on CPU (AVX-512 BF16/AMX: ~2x faster); float32 otherwise",
+    )
     s.add_argument("--workers", type=int, help="DataLoader worker processes")
     s.add_argument("--threads", type=int, help="torch CPU threads")
     s.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")

@@ -76,6 +76,9 @@ class Recipe:
     seed: int = 1234
     augment: Augment = field(default_factory=Augment)
     amp: bool = True  # mixed precision (float16 autocast + grad scaling) on CUDA
+    # bfloat16 autocast on CPU (weights and optimizer stay float32): on CPUs with AVX-512 BF16
+    # or AMX it trains AASIST ~2.3x faster; off by default, so CPU runs are float32.
+    cpu_bf16: bool = False
     deterministic: bool = True  # deterministic kernels (cuDNN) where available
     num_workers: int = 0  # DataLoader workers
     threads: int | None = None  # torch intra-op threads on CPU (None: torch's default)

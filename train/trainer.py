@@ -620,6 +620,9 @@ def _train_torch(
     )
     use_amp = recipe.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    # float16 with loss scaling on CUDA; bfloat16 (same exponent range, no scaling) on CPU.
+    autocast_dtype = torch.float16 if use_amp else torch.bfloat16
+    use_autocast = use_amp or (recipe.cpu_bf16 and device.type == "cpu")
     criterion = _criterion(recipe, device)
 
     dataset = ClipDataset(
@@ -659,7 +662,7 @@ def _train_torch(
                 group["lr"] = lr
             x = x.to(device, non_blocking=True)
             y = y.to(device, non_blocking=True)
-            with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
+            with torch.autocast(device.type, dtype=autocast_dtype, enabled=use_autocast):
                 logits = model(x)
             loss = criterion(logits.float(), y)
             if not torch.isfinite(loss):
