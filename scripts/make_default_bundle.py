@@ -70,6 +70,11 @@ RECIPE = {
     "calibration": ["clean", "mulaw", "mobile"],
 }
 TARGETS = {"eer": 0.05, "bonafide_accepted": 0.95, "spoof_rejected": 0.90}
+# The card's portable command (the one a user on a fresh clone runs); ``ran_as`` records what ran.
+COMMAND = (
+    "python scripts/make_extra_data.py && python scripts/make_default_bundle.py --out runs/default"
+    " --extra ~/.cache/voicescreen/extra-data --extra-dev ~/.cache/voicescreen/extra-data --install"
+)
 
 log = logging.getLogger("make_default_bundle")
 
@@ -105,6 +110,38 @@ def figures_dict(f) -> dict:
         "accuracy": f.accuracy,
         "per_attack_eer": {a: v["eer"] for a, v in f.per_attack.items()},
     }
+
+
+def met(measured: dict) -> bool:
+    return (
+        measured["eer"] <= TARGETS["eer"]
+        and measured["bonafide_accepted"] >= TARGETS["bonafide_accepted"]
+        and measured["spoof_rejected"] >= TARGETS["spoof_rejected"]
+    )
+
+
+def status_line(recipe: dict, measured: dict, validation: dict | None) -> str:
+    """The card's one-line summary: what was trained, its eval figures against the targets, and
+    its validation figures (what it was chosen on)."""
+    k = int(recipe.get("frozen_blocks", 0))
+    trained = f"front end + {k} encoder blocks frozen" if k else "all layers trained"
+    pct = {key: 100 * measured[key] for key in TARGETS}
+    line = (
+        f"AASIST-L fine-tuned from the official weights ({trained}, {recipe['epochs']} epochs). "
+        f"Eval (never used for training, calibration or choice): EER {pct['eer']:.1f} %, "
+        f"{pct['bonafide_accepted']:.0f} % bona fide accepted, {pct['spoof_rejected']:.0f} % "
+        f"spoofs rejected at the card's threshold; targets (EER <= {100 * TARGETS['eer']:.0f} %, "
+        f">= {100 * TARGETS['bonafide_accepted']:.0f} %, "
+        f">= {100 * TARGETS['spoof_rejected']:.0f} %) {'met' if met(measured) else 'MISSED'}."
+    )
+    if validation is not None:
+        at = validation["at"]["card"]
+        line += (
+            f" Validation (dev + held-out voices, what it was chosen on): EER "
+            f"{100 * validation['eer']:.1f} %, {100 * at['bonafide_accepted']:.1f} % bona fide "
+            f"accepted."
+        )
+    return line
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -229,11 +266,7 @@ def main(argv: list[str] | None = None) -> int:
         f = evaluate(official, args.data_root, "eval", out / f"eval-{arch}-official").figures
         compared[f"{arch}-official"] = figures_dict(f)
     measured = {k: compared["default"][k] for k in TARGETS}
-    ok = (
-        measured["eer"] <= TARGETS["eer"]
-        and measured["bonafide_accepted"] >= TARGETS["bonafide_accepted"]
-        and measured["spoof_rejected"] >= TARGETS["spoof_rejected"]
-    )
+    ok = met(measured)
     summary = {"targets": TARGETS, "eval": measured, "compared": compared, "met": ok}
     if validation is not None:
         summary["validation"] = validation
@@ -263,9 +296,11 @@ def main(argv: list[str] | None = None) -> int:
             ),
             **validation,
         }
-    card["provenance"]["command"] = " ".join(
+    card["provenance"]["command"] = COMMAND
+    card["provenance"]["ran_as"] = " ".join(
         ["python scripts/make_default_bundle.py", *(argv if argv is not None else sys.argv[1:])]
     )
+    card["provenance"]["status"] = status_line(recipe.to_dict(), measured, validation)
     card_path.write_text(json.dumps(card, indent=2) + "\n")
 
     if args.install:
