@@ -5,8 +5,9 @@
 A step is what the trainer does per batch: forward in train mode, cross-entropy, backward and an
 Adam update. Inputs are real speech windows (random crops of train-split clips of
 ``../shared/data``, in the recipe's window length) with their labels; both precisions start from
-the same weights and see the same batches, so the loss column also shows how far bfloat16 moves
-the numbers after a few steps.
+the same weights, with the same dropout masks, and see the same batches, so the loss column also
+shows how far bfloat16 moves the numbers after a few steps (AASIST's top-k graph pooling turns
+small differences into different node choices, so its losses part more than the others').
 
     python scripts/bench_train.py [--recipes aasist aasist-l rawnet2 lcnn] [--steps 3]
         [--threads 2] [--no-write]
@@ -60,6 +61,7 @@ def steps(model: torch.nn.Module, data, bf16: bool) -> tuple[list[float], float]
     import time
 
     model = copy.deepcopy(model).train()
+    torch.manual_seed(0)  # the same dropout masks for both precisions
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
     times, loss = [], float("nan")
     for x, y in data:
@@ -118,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
             "cross-entropy, backward, Adam. Inputs: random crops of train-split clips of "
             "`../shared/data`. Cells: median (min–max) seconds per window over "
             f"{args.steps} steps after a warm-up step; both precisions see the same batches "
-            "from the same weights.",
+            "from the same weights with the same dropout masks.",
             "",
             "| recipe | batch | fp32 s/window | bf16 s/window (`--cpu-bf16`) | speed-up | "
             "min per 600-clip epoch fp32 / bf16 | loss after the last step fp32 / bf16 |",
