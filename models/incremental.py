@@ -352,11 +352,16 @@ class _BF16Encoders:
         import torch
 
         from voicescreen.models.optimize import BF16AASIST
-        from voicescreen.models.runtime import _bf16_failed, _compiler_problem
+        from voicescreen.models.runtime import (
+            _bf16_failed,
+            _compiler_problem,
+            warn_unless_native_bf16,
+        )
 
         problem = _compiler_problem()
         if problem:
             raise _bf16_failed(bundle, problem)
+        warn_unless_native_bf16(bundle)
         if threads:
             torch.set_num_threads(threads)
         self.bundle, self.model = bundle, model.eval()
@@ -370,7 +375,14 @@ class _BF16Encoders:
         from voicescreen.models.runtime import _bf16_compile_failed
 
         start, out = time.perf_counter(), {}
-        for samples in lengths:
+        for i, samples in enumerate(lengths, 1):
+            log.info(  # each length takes seconds to minutes: say which one is compiling
+                "%s: compiling the bf16 encoder for %d-sample inputs (%d of %d)",
+                self.bundle.name,
+                samples,
+                i,
+                len(lengths),
+            )
             module = compile_bf16_encoder(self.model, samples, self.blocks)
 
             def run(x: np.ndarray, module: nn.Module = module) -> np.ndarray:

@@ -29,6 +29,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from voicescreen.models.cpu import cpu_info
+
 if TYPE_CHECKING:
     from voicescreen.models.bundle import Bundle
     from voicescreen.models.incremental import IncrementalRuntime
@@ -301,6 +303,18 @@ def _bf16_compile_failed(bundle: Bundle, e: Exception) -> FastPathError:
     return _bf16_failed(bundle, f"{type(root).__name__}: {first}")
 
 
+def warn_unless_native_bf16(bundle: Bundle) -> None:
+    """Log that ``--fast-path bf16`` will be slow here, where the CPU lacks bfloat16 kernels."""
+    cpu = cpu_info()
+    if not cpu.native_bf16:
+        log.warning(
+            "%s: this CPU has no AVX-512 BF16 or AMX (%s): --fast-path bf16 runs on emulated "
+            "kernels here, slower than --fast-path exact, and compiles for minutes",
+            bundle.name,
+            cpu.describe(),
+        )
+
+
 def bf16_runtime(
     bundle: Bundle,
     *,
@@ -309,7 +323,6 @@ def bf16_runtime(
 ) -> TorchRuntime:
     """``compile_bf16`` of ``bundle``'s model in a ``TorchRuntime`` on the CPU, compiled now (one
     window through it) so that a missing compiler fails here, as ``FastPathError``."""
-    import torch
 
     from voicescreen.models.bundle import _default_check_input
     from voicescreen.models.optimize import compile_bf16
@@ -323,14 +336,7 @@ def bf16_runtime(
     problem = _compiler_problem()
     if problem:
         raise _bf16_failed(bundle, problem)
-    try:
-        native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):  # a private op: when it is gone, do not guess
-        native = True
-    if not native:
-        log.warning(
-            "%s: no native bfloat16 on this CPU: --fast-path bf16 will be slow", bundle.name
-        )
+    warn_unless_native_bf16(bundle)
     start = time.perf_counter()
     log.info("%s: compiling the bf16 encoder (20-60 s, seconds with a warm cache)", bundle.name)
     model = compile_bf16(bundle.build_torch())

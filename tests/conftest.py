@@ -16,6 +16,24 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("VOICESCREEN_SHARED", REPO.parent / "shared")).resolve()
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """``native_bf16`` tests compile the bf16 fast path with torch inductor: seconds to a minute
+    where the CPU has bfloat16 kernels, many minutes on emulated ones (an AVX2-only CPU), where
+    the runtimes never choose bf16 by themselves. They are skipped there, saying why."""
+    from voicescreen.models.cpu import cpu_info
+
+    cpu = cpu_info()
+    if cpu.native_bf16:
+        return
+    skip = pytest.mark.skip(
+        reason=f"compiles --fast-path bf16, which needs AVX-512 BF16 or AMX; this CPU is "
+        f"{cpu.describe()}"
+    )
+    for item in items:
+        if "native_bf16" in item.keywords:
+            item.add_marker(skip)
+
+
 def _need(path: Path) -> Path:
     if not path.exists():
         pytest.fail(f"{path} is missing: tests read the reference material from ../shared")

@@ -15,6 +15,7 @@ from voicescreen.models.aasist import AASIST, CONFIGS, AASISTConfig, SincConv
 
 NAMES = {"aasist": "AASIST", "aasist-l": "AASIST-L"}
 TOL = 1e-4
+BATCH_TOL = 1e-5  # logits: one window alone against the same window in a batch
 SHORT = 16000  # 1 s: enough for every layer, cheap for the tests that need no reference numbers
 
 
@@ -95,7 +96,10 @@ def test_outputs_match_reference(official, reference_dir: Path, name: str) -> No
     ref = _fixture(reference_dir, name)
     with torch.inference_mode():
         last_hidden, logits = model.forward_features(torch.from_numpy(ref["input"]))
-        assert torch.equal(model(torch.from_numpy(ref["input"][:1])), logits[:1])
+        alone = model(torch.from_numpy(ref["input"][:1]))
+    # A window alone scores as in a batch, to float32 rounding: kernels pick their blocking by
+    # batch size and CPU (bit-equal on AVX-512, 4.8e-7 apart on AVX2), far inside TOL.
+    torch.testing.assert_close(alone, logits[:1], atol=BATCH_TOL, rtol=0)
     assert last_hidden.shape == (4, 160) and logits.shape == (4, 2)
     assert np.abs(logits.numpy() - ref["logits"]).max() <= TOL
     assert np.abs(last_hidden.numpy() - ref["last_hidden"]).max() <= TOL

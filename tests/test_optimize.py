@@ -229,6 +229,7 @@ def test_bf16_encoder_stays_within_its_bound(official, speech, name: str) -> Non
     assert all(p.dtype == torch.float32 for p in model.parameters()) and not model.training
 
 
+@pytest.mark.native_bf16
 @pytest.mark.filterwarnings("ignore:Torchinductor does not support code generation for complex")
 def test_compiled_bf16_matches_the_eager_bf16_model(official, speech) -> None:
     model = official("aasist-l")

@@ -198,12 +198,13 @@ BF16_BOUND = 0.25  # scores: the bf16 path against the fp32 model (test_optimize
 
 
 @pytest.fixture(scope="module")
-def reuse_bf16(bundle):
+def reuse_bf16(bundle):  # for native_bf16 tests only: it compiles
     if shutil.which("g++") is None:
         pytest.skip("no C++ compiler for torch inductor")  # scripts/test.sh installs g++
     return bundle.runtime("torch", fast_path="bf16", reuse=True)  # compiles 8 lengths (~1 min)
 
 
+@pytest.mark.native_bf16
 def test_bf16_reuse_scores_as_bf16_whole_windows(bundle, reuse_bf16, whole, stream):
     """Encoder reuse on the bf16 encoder: every chunk length was compiled at start-up; scores
     stay within bf16 rounding of the bf16 model's whole windows, and within the bf16 path's bound
@@ -233,6 +234,7 @@ def test_bf16_reuse_scores_as_bf16_whole_windows(bundle, reuse_bf16, whole, stre
     assert np.abs(runtime(jobs)[1] - bf16_whole).max() <= BF16_REUSE_TOLERANCE
 
 
+@pytest.mark.native_bf16
 def test_a_second_bf16_reuse_runtime_is_compiled_too(bundle, reuse_bf16, stream):
     """Each runtime compiles 8 encoders of one module class: dynamo's default limit of 8
     compiled variants per code object would leave a second runtime (another model, a second
