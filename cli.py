@@ -50,40 +50,88 @@ def add_runtime_arguments(
     streams: bool = False,
 ) -> None:
     """``--backend``, ``--providers``, ``--threads`` and ``--fast-path`` (and, for commands that
-    score streams, ``--reuse``): how a command runs its models in this process."""
-    from voicescreen.models.runtime import FAST_BACKEND
+    score streams, ``--reuse``/``--no-reuse``): how a command runs its models in this process.
+    Left at ``auto``, ``plan_bundles`` chooses for this machine."""
+    from voicescreen.models.runtime import AUTO, FAST_PATH_CHOICES
 
-    parser.add_argument("--backend", choices=list(backends), default="onnx", help=backend_help)
+    parser.add_argument(
+        "--backend",
+        choices=[AUTO, *backends],
+        default=AUTO,
+        help=backend_help
+        or "onnx (ONNX Runtime) or torch (PyTorch); auto (default): chosen for this machine",
+    )
     parser.add_argument(
         "--providers", default="auto", help="ONNX providers: auto or tensorrt,cuda,cpu"
     )
     parser.add_argument("--threads", type=int, default=None, help="intra-op threads per model")
     parser.add_argument(
         "--fast-path",
-        choices=list(FAST_BACKEND),
-        help="AASIST/AASIST-L on the CPU, built at start-up: exact (--backend onnx, same scores, "
-        "10-18%% faster, ~1 s to build) or bf16 (--backend torch, lossy, ~2x, compiling takes "
-        "20-60 s and a C++ compiler); int8 is a bundle of its own: `voicescreen optimize --int8`",
+        choices=list(FAST_PATH_CHOICES),
+        default=AUTO,
+        help="AASIST/AASIST-L on the CPU, built at start-up: exact (ONNX graph rewritten for "
+        "this CPU, same scores, ~1 s to build), bf16 (torch, lossy, ~2x where the CPU has "
+        "AVX-512 BF16 or AMX, compiling takes 20-60 s and a C++ compiler), none (the bundle's "
+        "graph as it is); auto (default): bf16 for streams where the CPU has AVX-512 BF16 or "
+        "AMX, else exact. int8 is a bundle of its own: `voicescreen optimize --int8`",
     )
     if streams:
         parser.add_argument(
             "--reuse",
-            action="store_true",
-            help="AASIST/AASIST-L, --backend onnx (or torch with --fast-path bf16): reuse each "
-            "stream's encoder frames across overlapping windows (same scores, ~2x fewer encoder "
-            "samples per window); window starts move onto the encoder's 2187-sample grid (hop "
-            "1 s -> 0.957 s); with bf16 every chunk length is compiled at start-up (~1 min)",
+            action=argparse.BooleanOptionalAction,
+            default=None,
+            help="AASIST/AASIST-L, on ONNX Runtime or the bf16 path: reuse each stream's "
+            "encoder frames across overlapping windows (same scores, ~2x fewer encoder samples "
+            "per window); window starts move onto the encoder's 2187-sample grid (hop 1 s -> "
+            "0.957 s). Default: on wherever the model allows it",
         )
 
 
 def runtime_options(args: argparse.Namespace) -> dict:
-    """The options ``Bundle.runtime`` takes, from ``add_runtime_arguments``' flags."""
+    """The options ``Bundle.runtime`` takes, from ``add_runtime_arguments``' flags (a planned
+    bundle keeps only those of its backend)."""
     options: dict = {"threads": args.threads}
-    if args.backend == "onnx":
+    if args.backend in ("onnx", "auto"):
         options["providers"] = args.providers
-    if getattr(args, "reuse", False):
-        options["reuse"] = True
     return options
+
+
+def plan_bundles(
+    bundles: list[Bundle], args: argparse.Namespace, *, streams: bool, command: str
+) -> list[Bundle]:
+    """Each bundle with its runtime plan (``runtime.plan_runtime``) from the command's flags,
+    each plan logged with why it was chosen, and said on stderr before a start-up compile that
+    takes a while. Raises ``FastPathError`` for flags that cannot run a bundle."""
+    from voicescreen.models.runtime import plan_runtime
+
+    planned = []
+    for bundle in bundles:
+        plan = plan_runtime(
+            bundle,
+            backend=args.backend,
+            fast_path=args.fast_path,
+            reuse=getattr(args, "reuse", None) if streams else False,
+            streams=streams,
+            providers=args.providers,
+        )
+        log.info(
+            "%s: %s%s%s (%s)",
+            bundle.name,
+            plan.backend,
+            f", fast path {plan.fast_path}" if plan.fast_path else "",
+            ", encoder reuse" if plan.reuse else "",
+            plan.why,
+        )
+        if plan.fast_path == "bf16":  # the one start-up path that takes long: say so now
+            print(
+                f"voicescreen {command}: {bundle.name}: compiling the bf16 encoder first (20-60 "
+                "s, seconds once cached; --fast-path exact starts at once); chosen: "
+                f"{plan.why}",
+                file=sys.stderr,
+                flush=True,
+            )
+        planned.append(bundle.with_plan(plan))
+    return planned
 
 
 # --- voicescreen score -------------------------------------------------------------------------
@@ -97,8 +145,8 @@ def cmd_score(args: argparse.Namespace) -> int:
 
     try:
         bundle = load_bundle(resolve_bundle(args.bundle))
-        bundle = bundle.with_fast_path(args.fast_path, args.backend)
-        scorer = Scorer(bundle, args.backend, **runtime_options(args))
+        (bundle,) = plan_bundles([bundle], args, streams=False, command="score")
+        scorer = Scorer(bundle, bundle.plan.backend, **runtime_options(args))
     except (BundleError, FileNotFoundError, ValueError) as e:  # FastPathError is a ValueError
         return _fail(str(e))
     if args.hop <= 0:

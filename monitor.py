@@ -716,28 +716,24 @@ def cmd_monitor(args: argparse.Namespace) -> int:
 
 def _load_workers(args: argparse.Namespace) -> dict[str, Scorer] | str:
     """A worker per ``--bundle``, or what is wrong with them."""
-    from voicescreen.cli import runtime_options
+    from voicescreen.cli import plan_bundles, runtime_options
     from voicescreen.models.bundle import BundleError, load_bundle
     from voicescreen.models.runtime import describe_text
     from voicescreen.models.store import resolve_bundle
     from voicescreen.stream import load_workers
 
     try:
-        bundles = [
-            load_bundle(resolve_bundle(b)).with_fast_path(args.fast_path, args.backend)
-            for b in args.bundle or [None]
-        ]
-        workers = load_workers(bundles, args.backend, BatchOptions(), **runtime_options(args))
+        bundles = [load_bundle(resolve_bundle(b)) for b in args.bundle or [None]]
+        bundles = plan_bundles(bundles, args, streams=True, command="monitor")
+        workers = load_workers(bundles, "onnx", BatchOptions(), **runtime_options(args))
     except (BundleError, FileNotFoundError, ValueError) as e:  # FastPathError is a ValueError
         return str(e)
-    for name, worker in workers.items():
-        log.info("%s runs on %s", name, describe_text(worker.runtime))
-        if args.fast_path or args.reuse:  # asked for: say what it built (the view does not)
-            print(
-                f"voicescreen monitor: {name} on {describe_text(worker.runtime)}",
-                file=sys.stderr,
-                flush=True,
-            )
+    for name, worker in workers.items():  # what it runs on and why (the view does not say)
+        print(
+            f"voicescreen monitor: {name} on {describe_text(worker.runtime)}",
+            file=sys.stderr,
+            flush=True,
+        )
     return workers
 
 

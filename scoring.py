@@ -60,6 +60,8 @@ class Scorer:
     ) -> None:
         """``runtime``: score with this one (a remote backend's, say) instead of making the
         bundle's ``backend`` runtime with ``runtime_options``."""
+        if runtime is None and bundle.plan is not None:  # whole windows: nothing to reuse
+            bundle = bundle.with_plan(bundle.plan.for_files())
         self.bundle = bundle
         self.spec = bundle.score
         self.runtime = runtime or bundle.runtime(backend, **runtime_options)

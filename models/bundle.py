@@ -37,6 +37,8 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
+    from voicescreen.models.runtime import RuntimePlan
+
 log = logging.getLogger(__name__)
 
 BUNDLE_FORMAT = "voicescreen-bundle"
@@ -101,12 +103,15 @@ class ScoreSpec:
 class Bundle:
     """A verified bundle, held in memory. ``fast_path`` (not part of the files) is the start-up
     fast path its runtimes take (``exact``, ``bf16`` or None; see ``voicescreen.models.runtime``):
-    ``with_fast_path`` sets it, so that every runtime made from this bundle takes it."""
+    ``with_fast_path`` sets it, so that every runtime made from this bundle takes it.
+    ``plan`` (``with_plan``): the whole choice of ``runtime.plan_runtime`` (backend, fast path,
+    reuse and why), which its runtimes then follow."""
 
     source: Path
     card: dict
     files: dict[str, bytes] = field(repr=False)
     fast_path: str | None = None
+    plan: RuntimePlan | None = None
 
     @property
     def name(self) -> str:
@@ -166,16 +171,28 @@ class Bundle:
 
         if fast_path is not None:
             check_fast_path(self, fast_path, backend)
-        return replace(self, fast_path=fast_path)
+        return replace(self, fast_path=fast_path, plan=None)
+
+    def with_plan(self, plan: RuntimePlan) -> Bundle:
+        """This bundle, its runtimes made as ``plan`` says (``runtime.plan_runtime``)."""
+        return replace(self, fast_path=plan.fast_path, plan=plan)
 
     def runtime(self, backend: str = "onnx", **options: Any):
         """A runtime scoring (B, input_samples) windows: ``backend`` is ``onnx`` or ``torch``;
         ``options`` (``providers``, ``threads``, ``device``, ``fast_path``, which defaults to the
-        bundle's) as ``voicescreen.models.runtime.open_runtime`` takes them."""
+        bundle's, ``reuse``) as ``voicescreen.models.runtime.open_runtime`` takes them. A bundle
+        with a ``plan`` runs on the plan's backend, fast path and reuse (unless ``reuse`` is
+        given), and its runtime says why (``runtime.why``)."""
         from voicescreen.models.runtime import open_runtime
 
+        if self.plan is not None:
+            backend = self.plan.backend
+            options.setdefault("reuse", self.plan.reuse)
+            options.pop("device" if backend == "onnx" else "providers", None)
         options.setdefault("fast_path", self.fast_path)
-        return open_runtime(self, backend, **options)
+        runtime = open_runtime(self, backend, **options)
+        runtime.why = self.plan.why if self.plan is not None else None
+        return runtime
 
 
 # --- loading -----------------------------------------------------------------------------------

@@ -24,12 +24,13 @@ import logging
 import time
 import warnings
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from voicescreen.models.cpu import cpu_info
+from voicescreen.models.cpu import CpuInfo, cpu_info
 
 if TYPE_CHECKING:
     from voicescreen.models.bundle import Bundle
@@ -120,7 +121,7 @@ def ort_session(
     got = session.get_providers()
     if got[0] != requested[0]:
         log.warning("%s: %s unavailable, running on %s", name, requested[0], got[0])
-    log.info("%s: onnxruntime on %s", name, ", ".join(got))
+    log.debug("%s: onnxruntime on %s", name, ", ".join(got))
     return session
 
 
@@ -364,6 +365,116 @@ def bf16_runtime(
     return runtime
 
 
+# --- choosing a runtime --------------------------------------------------------------------------
+
+AUTO = "auto"
+NO_FAST_PATH = "none"
+FAST_PATH_CHOICES = (AUTO, *FAST_PATHS, NO_FAST_PATH)
+
+
+@dataclass(frozen=True)
+class RuntimePlan:
+    """How a bundle's model runs in this process (``backend``, ``fast_path``, ``reuse``), and
+    ``why``, in words, for the log and ``/v1/models``. ``forced``: the fast path was asked for
+    by flag, not chosen."""
+
+    backend: str = "onnx"
+    fast_path: str | None = None
+    reuse: bool = False
+    why: str = ""
+    forced: bool = False
+
+    def for_files(self) -> RuntimePlan:
+        """The plan for scoring whole files beside the streams (``POST /v1/score``): no reuse,
+        and the exact graph instead of a chosen bf16 path (its minute of compiling pays for
+        streams, not for an upload)."""
+        if self.fast_path == "bf16" and not self.forced:
+            return RuntimePlan("onnx", "exact", False, "whole files: the exact ONNX graph")
+        return replace(self, reuse=False)
+
+
+def wants_gpu(providers: Sequence[str] | str | None) -> bool:
+    """Whether ``providers`` (as ``--providers`` takes them) put ONNX Runtime on a GPU here."""
+    if providers is None or providers == AUTO or list(providers) == [AUTO]:
+        return _has_nvidia_gpu()
+    names = providers.split(",") if isinstance(providers, str) else providers
+    return _has_nvidia_gpu() and any(p.strip() in ("cuda", "tensorrt") for p in names)
+
+
+def plan_runtime(
+    bundle: Bundle,
+    *,
+    backend: str = AUTO,
+    fast_path: str | None = AUTO,
+    reuse: bool | None = None,
+    streams: bool = True,
+    providers: Sequence[str] | str | None = AUTO,
+    cpu: CpuInfo | None = None,
+) -> RuntimePlan:
+    """The fastest runtime that keeps the bundle's scores, for this machine, unless flags force
+    one: ``backend`` ``auto``/``onnx``/``torch``, ``fast_path`` ``auto``/``exact``/``bf16``/
+    ``none``, ``reuse`` None (auto)/True/False; ``streams``: for live streams (reuse applies,
+    and a start-up compile pays) or for whole files.
+
+    Chosen for the AASIST family (fp32 bundles) on the CPU: encoder reuse for streams, on the
+    bf16 encoder where the CPU has AVX-512 BF16 or AMX (lossy within the bf16 bound, about 2x;
+    never when ``--backend onnx`` or ``--fast-path exact`` asks otherwise), else on ONNX
+    Runtime's exact graph rewrite. On a GPU, and for other architectures and int8 bundles: the
+    bundle's own ONNX graph, batched. Raises ``FastPathError`` for a combination that cannot
+    run (``--fast-path exact --backend torch``, a fast path on an LCNN, ...)."""
+    cpu = cpu or cpu_info()
+    fits = bundle.architecture in FAST_ARCHITECTURES and not bundle.quantized
+    gpu = backend != "torch" and wants_gpu(providers)
+    why: list[str] = []
+    forced = fast_path not in (AUTO, None)
+    if forced:
+        chosen = None if fast_path == NO_FAST_PATH else fast_path
+        if chosen is not None:
+            check_fast_path(bundle, chosen, None if backend == AUTO else backend)
+        why.append(f"--fast-path {fast_path}")
+    elif not fits:
+        chosen = None
+        why.append(
+            "an int8 bundle runs as it is"
+            if bundle.quantized
+            else f"{bundle.architecture}: its own graph (the fast paths are AASIST's)"
+        )
+    elif backend == "torch":
+        chosen = None
+        why.append("--backend torch: eager PyTorch (--fast-path bf16 compiles it)")
+    elif gpu:
+        chosen = None
+        why.append("a GPU: the bundle's graph, batched")
+    elif streams and backend == AUTO and cpu.native_bf16 and _compiler_problem() is None:
+        chosen = "bf16"
+        why.append(
+            f"this CPU has {'AMX' if 'amx_bf16' in cpu.flags else 'AVX-512 BF16'}: the bf16 "
+            "encoder (lossy, about 2x; compiled at start-up)"
+        )
+    else:
+        chosen = "exact"
+        if backend == "onnx":
+            because = "--backend onnx"
+        elif not streams:
+            because = "whole files"
+        elif not cpu.native_bf16:
+            because = f"no AVX-512 BF16 or AMX ({cpu.isa})"
+        else:
+            because = "no C++ compiler for bf16"
+        why.append(f"{because}: the exact ONNX graph rewrite")
+    runs_on = FAST_BACKEND[chosen] if chosen else ("onnx" if backend == AUTO else backend)
+    if not streams:
+        reused = False
+    elif reuse is not None:
+        reused = reuse
+        why.append("--reuse" if reuse else "--no-reuse")
+    else:
+        reused = fits and not gpu and (runs_on == "onnx" or chosen == "bf16")
+        if reused:
+            why.append("encoder reuse (same scores, hop on the encoder's grid)")
+    return RuntimePlan(runs_on, chosen, reused, "; ".join(why), forced)
+
+
 def open_runtime(
     bundle: Bundle,
     backend: str = "onnx",
@@ -420,13 +531,15 @@ def open_runtime(
 
 
 def describe(runtime: Any) -> dict[str, Any]:
-    """Where a runtime (local or remote) runs, for logs and ``/v1/models``: backend, providers
-    and fast path (``exact``, ``bf16``, ``int8`` or None)."""
+    """Where a runtime (local or remote) runs, for logs and ``/v1/models``: backend, providers,
+    fast path (``exact``, ``bf16``, ``int8`` or None), encoder reuse, and why it was chosen
+    (``RuntimePlan.why``; None for a runtime made without a plan)."""
     return {
         "backend": getattr(runtime, "backend", "?"),
         "providers": list(getattr(runtime, "providers", [])),
         "fast_path": getattr(runtime, "fast_path", None),
         "reuse": bool(getattr(runtime, "reuse", False)),
+        "why": getattr(runtime, "why", None),
     }
 
 
@@ -435,4 +548,5 @@ def describe_text(runtime: Any) -> str:
     d = describe(runtime)
     text = f"{d['backend']} on {', '.join(d['providers'])}"
     text += f", fast path {d['fast_path']}" if d["fast_path"] else ""
-    return text + (", encoder reuse" if d["reuse"] else "")
+    text += ", encoder reuse" if d["reuse"] else ""
+    return text + (f" (chosen: {d['why']})" if d["why"] else "")

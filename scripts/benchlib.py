@@ -6,7 +6,6 @@ from __future__ import annotations
 import datetime as dt
 import os
 import platform
-import re
 import statistics
 import subprocess
 import time
@@ -35,23 +34,12 @@ def spread(xs: list[float]) -> tuple[float, float, float]:
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    flags = ""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-        wanted = ["avx512f", "avx512_vnni", "avx512_bf16", "amx_tile"]
-        flags = ",".join(f for f in wanted if re.search(rf"\b{f}\b", text))
-    except OSError:
-        pass
+    """The CPU (model, the flags the runtimes choose by, torch's dispatch level), cores, memory."""
+    from voicescreen.models.cpu import cpu_info
+
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return f"{cpu}, {len(os.sched_getaffinity(0))} cores ({flags}), {mem:.0f} GiB"
+    cpu = cpu_info()
+    return f"{cpu.describe()}, class {cpu.isa}, {len(os.sched_getaffinity(0))} cores, {mem:.0f} GiB"
 
 
 def versions() -> str:

@@ -21,6 +21,7 @@ from test_web_support import dev_clip, run, web_bundle
 
 from voicescreen.audio import load_audio, pad_repeat
 from voicescreen.models.bundle import Bundle, BundleError, load_bundle
+from voicescreen.models.cpu import cpu_info
 from voicescreen.models.runtime import FastPathError, describe
 from voicescreen.scoring import Scorer
 from voicescreen.stream.backends import BackendError, open_runtimes
@@ -102,22 +103,37 @@ def test_fast_paths_refuse_what_they_cannot_run(bundle, data_dir, gmm_bundle):
         open_runtimes({bundle.name: bundle.with_fast_path("exact")}, "triton")
 
 
-BF16_REUSE = ["--backend", "torch", "--fast-path", "bf16", "--reuse"]
+GRID_HOP = 7 * 2187 / 16000  # reuse: window starts on the encoder's grid
+AVX2 = {"ATEN_CPU_CAPABILITY": "avx2"}  # this machine as an AVX2-only one (models/cpu.py)
+
+
+def default_choice() -> tuple[str, str]:
+    """What ``serve`` with no runtime flags must choose here: (fast path, words of its why)."""
+    if cpu_info().native_bf16:
+        return "bf16", "the bf16 encoder"
+    return "exact", "no AVX-512 BF16 or AMX"
 
 
 @pytest.mark.parametrize(
-    "flags, fast_path, reuse, hop",
+    "flags, env, want",
     [
-        (["--fast-path", "exact"], "exact", False, 1.0),
-        (["--reuse"], None, True, 7 * 2187 / 16000),  # window starts on the encoder's grid
-        (["--reuse", "--fast-path", "exact"], "exact", True, 7 * 2187 / 16000),
-        pytest.param(  # compiles every chunk length first
-            BF16_REUSE, "bf16", True, 7 * 2187 / 16000, marks=pytest.mark.native_bf16
-        ),
+        (["--fast-path", "exact", "--no-reuse"], {}, ("exact", False, "--fast-path exact")),
+        (["--fast-path", "none", "--reuse"], {}, (None, True, "--reuse")),
+        (["--backend", "onnx"], {}, ("exact", True, "--backend onnx: the exact ONNX graph")),
+        ([], AVX2, ("exact", True, "no AVX-512 BF16 or AMX (avx2): the exact ONNX graph")),
+        ([], {}, None),  # the machine's own choice; bf16 compiles every chunk length first
     ],
-    ids=["exact", "reuse", "reuse-exact", "reuse-bf16"],
+    ids=["exact", "reuse", "backend-onnx", "default-as-avx2", "default"],
 )
-def test_serve_runtime_options_score_a_stream(bundle, clip, flags, fast_path, reuse, hop):
+def test_serve_runtime_options_score_a_stream(bundle, clip, flags, env, want):
+    """Each model's runtime as the flags force it or as this CPU makes the default choose:
+    /v1/models and the log say what and why, and the stream scores as offline (exactly, or
+    within the bf16 bound)."""
+    if want is None:
+        fast_path, because = default_choice()
+        want = (fast_path, True, because)
+    fast_path, reuse, because = want
+    hop = GRID_HOP if reuse else 1.0
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -125,7 +141,11 @@ def test_serve_runtime_options_score_a_stream(bundle, clip, flags, fast_path, re
     args = ["serve", "--bundle", str(bundle.source), "--port", str(port), "--max-delay-ms", "0"]
     args += flags
     server = subprocess.Popen(
-        [*VOICESCREEN, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        [*VOICESCREEN, *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **env},
     )
     log_lines: list[str] = []
     reader = threading.Thread(target=lambda: log_lines.extend(server.stderr), daemon=True)
@@ -147,7 +167,9 @@ def test_serve_runtime_options_score_a_stream(bundle, clip, flags, fast_path, re
                 time.sleep(0.5)
         (model,) = models["models"]
         bf16 = fast_path == "bf16"
-        assert model["runtime"] == {
+        runtime = model["runtime"]
+        assert because in runtime.pop("why")
+        assert runtime == {
             "backend": "torch" if bf16 else "onnx",
             "providers": ["cpu"] if bf16 else ["CPUExecutionProvider"],
             "fast_path": fast_path,
@@ -160,8 +182,9 @@ def test_serve_runtime_options_score_a_stream(bundle, clip, flags, fast_path, re
         server.wait(timeout=GUARD)
         reader.join(timeout=GUARD)
     log = "".join(log_lines)
-    # the start-up log names the path of each model
-    assert ("fast path exact" in log) == (fast_path == "exact")
+    # the start-up log names the path of each model, and why it was chosen
+    assert (f"fast path {fast_path}" in log) if fast_path else ("fast path" not in log)
+    assert f"chosen: {because}" in log or because in log.split("chosen: ", 1)[-1]
     assert ("encoder reuse" in log and "hop 1.000 s -> 0.957 s" in log) == reuse
     offline = Scorer(bundle).score_file(clip, hop=hop)
     scored = {
@@ -189,6 +212,7 @@ def test_bf16_runtime_compiles_at_start_up_and_scores(bundle, speech):
         "providers": ["cpu"],
         "fast_path": "bf16",
         "reuse": False,
+        "why": None,  # made directly, not chosen
     }
     logits, score = runtime(speech)
     plain, _ = bundle.runtime("onnx")(speech)

@@ -35,7 +35,9 @@ from voicescreen.audio import SAMPLE_RATE, load_audio, resample
 from voicescreen.models.bundle import Bundle
 from voicescreen.scoring import Scorer
 
-MONITOR = [sys.executable, "-m", "voicescreen.monitor"]
+# The plain graph at hop 1 s, as the offline scores these tests compare with (the runtime the
+# monitor chooses by itself is tested in test_fast_paths.py).
+MONITOR = [sys.executable, "-m", "voicescreen.monitor", "--fast-path", "none", "--no-reuse"]
 GUARD = 180  # seconds: far beyond what any step takes on 2 busy cores; never a timing assert
 SINK = "vs_test"
 SOURCE = f"{SINK}.monitor"
@@ -359,6 +361,7 @@ def test_input_file_ends_with_the_window_its_end_decides(data_dir, name, pace):
     clip = data_dir / "flac" / f"{name}.flac"
     voicescreen = [sys.executable, "-m", "voicescreen"]
     args = ["monitor", "--input", str(clip), "--jsonl", *(["--fast"] if pace == "fast" else [])]
+    args += ["--fast-path", "none", "--no-reuse"]  # hop 1 s, as `score`
     p = subprocess.run(
         [*voicescreen, *args], capture_output=True, text=True, timeout=GUARD, check=False
     )

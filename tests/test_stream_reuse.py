@@ -162,9 +162,20 @@ def test_session_with_reuse_matches_offline_windows(bundle, whole, stream):
     assert stats["reused"] >= len(scores) - 3 and stats["encoder_share"] < 0.6
 
 
-def test_monitor_reuse_gives_the_offline_scores(bundle, whole, stream, tmp_path):
-    """``voicescreen monitor --reuse`` on a file: window starts on the grid, offline scores."""
+@pytest.mark.parametrize(
+    "flags, env, path",
+    [
+        (["--reuse", "--fast-path", "none"], {}, "onnx on CPUExecutionProvider, encoder reuse"),
+        # no flags on an AVX2 machine (this one made one by ATEN_CPU_CAPABILITY): reuse, exact
+        ([], {"ATEN_CPU_CAPABILITY": "avx2"}, "fast path exact, encoder reuse (chosen: no AVX"),
+    ],
+    ids=["forced", "default-as-avx2"],
+)
+def test_monitor_reuse_gives_the_offline_scores(bundle, whole, stream, tmp_path, flags, env, path):
+    """``voicescreen monitor`` reusing encoder frames on a file, as forced or as chosen: it says
+    what it runs on, window starts are on the grid, and it gives the offline scores."""
     import json
+    import os
     import subprocess
     import sys
 
@@ -175,14 +186,15 @@ def test_monitor_reuse_gives_the_offline_scores(bundle, whole, stream, tmp_path)
     sf.write(wav, x, SAMPLE_RATE, subtype="FLOAT")
     args = ["--input", str(wav), "--fast", "--jsonl", "--min-voiced", "0", "--bundle", str(DEFAULT)]
     p = subprocess.run(
-        [sys.executable, "-m", "voicescreen", "monitor", *args, "--reuse"],
+        [sys.executable, "-m", "voicescreen", "monitor", *args, *flags],
         capture_output=True,
         text=True,
         timeout=300,
         check=False,
+        env={**os.environ, **env},
     )
     assert p.returncode == 0, p.stderr
-    assert "encoder reuse" in p.stderr
+    assert path in p.stderr
     events = [json.loads(line) for line in p.stdout.splitlines() if line.startswith("{")]
     regular = [e for e in events if e["type"] == "score" and not e["early"]]
     offline = list(sliding_windows(x, 64600, 7 * 2187))
@@ -215,6 +227,7 @@ def test_bf16_reuse_scores_as_bf16_whole_windows(bundle, reuse_bf16, whole, stre
         "providers": ["cpu"],
         "fast_path": "bf16",
         "reuse": True,
+        "why": None,
     }
     assert sorted(runtime._encoders) == sorted(runtime.chunk_lengths())  # nothing compiles later
     assert {64600, 4502, 64600 - 20 * 2187} <= set(runtime.chunk_lengths())

@@ -10,6 +10,9 @@ import os
 import sys
 from typing import Any
 
+from voicescreen.models.runtime import AUTO, NO_FAST_PATH
+from voicescreen.stream.backends import LOCAL_BACKENDS
+
 log = logging.getLogger("voicescreen")
 
 TOKEN_ENV = "VOICESCREEN_TOKEN"
@@ -127,10 +130,10 @@ def config_from_args(args: argparse.Namespace) -> Any:
     )
     return ServerConfig(
         bundles=args.bundle or (),
-        backend=args.backend,
+        backend="onnx" if args.backend == AUTO else args.backend,  # auto: plan_bundles
         providers=args.providers,
         threads=args.threads,
-        reuse=args.reuse,
+        reuse=bool(args.reuse),
         screen=args.screen,
         cascade_band=args.cascade_band,
         batch=BatchOptions(
@@ -174,24 +177,26 @@ def guard_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from voicescreen.web.server import serve
-    from voicescreen.web.state import ConfigError
+    from dataclasses import replace
 
+    from voicescreen.cli import plan_bundles
+    from voicescreen.web.server import serve
+    from voicescreen.web.state import ConfigError, load_bundles
+
+    if not getattr(args, "verbose", 0):  # a server's own progress is worth seeing by default
+        for name in ("uvicorn.error", "voicescreen.web", "voicescreen.models"):
+            logging.getLogger(name).setLevel(logging.INFO)
     try:
         config = config_from_args(args)
-        if args.fast_path:  # a start-up choice the loaded bundles carry to their runtimes
-            from dataclasses import replace
-
-            from voicescreen.web.state import load_bundles
-
+        if args.backend in (AUTO, *LOCAL_BACKENDS):  # each bundle's runtime, chosen or forced
+            bundles = list(load_bundles(list(config.bundles)).values())
+            planned = plan_bundles(bundles, args, streams=True, command="serve")
+            config = replace(config, bundles=planned, reuse=False)  # reuse: in each plan
+        elif args.fast_path not in (AUTO, NO_FAST_PATH):  # built here, run elsewhere: refused
             bundles = load_bundles(list(config.bundles)).values()
-            fast = [b.with_fast_path(args.fast_path, args.backend) for b in bundles]
-            config = replace(config, bundles=fast)
+            config = replace(config, bundles=[b.with_fast_path(args.fast_path) for b in bundles])
     except ValueError as e:  # ConfigError and FastPathError are ValueErrors
         return _fail(str(e))
-    if not getattr(args, "verbose", 0):  # a server's own progress is worth seeing by default
-        for name in ("uvicorn.error", "voicescreen.web"):
-            logging.getLogger(name).setLevel(logging.INFO)
     if config.token is None and args.host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("serving on %s without a token: anyone who reaches it can use it", args.host)
     try:
@@ -325,8 +330,9 @@ def add_parsers(subparsers: Any) -> None:
     add_runtime_arguments(
         s,
         BACKENDS,
-        "who scores the windows: onnx or torch in this process (default onnx), ray (a Ray "
-        "Serve deployment), triton (a Triton server); see docs/deploy.md",
+        "who scores the windows: auto (default: chosen for this machine), onnx or torch in "
+        "this process, ray (a Ray Serve deployment), triton (a Triton server); see "
+        "docs/deploy.md",
         streams=True,
     )
     s.add_argument(
