@@ -127,6 +127,21 @@ def test_malformed_json(server, speech):
     check_refused(messages, "bad_message", (code, 1008), "not valid JSON")
 
 
+HUGE = "9" * 5000  # more digits than Python turns into an int: json.loads raises ValueError
+
+
+def test_a_number_too_long_to_parse(server, speech):
+    """A 5,000-digit integer, before the start and after it: bad_message, never a dropped socket."""
+    bomb = '{"type": "start", "sample_rate": ' + HUGE + "}"
+    messages, code, _ = alongside(server, speech, send_and_drain(server, bomb))
+    check_refused(messages, "bad_message", (code, 1008), "Exceeds the limit")
+    after = '{"type": "stop", "at": ' + HUGE + "}"
+    start = {"type": "start", "sample_rate": 16000}
+    messages, code, _ = run(send_and_drain(server, speech[:3200], after, start=start))
+    check_failed(messages, "bad_message", "Exceeds the limit")
+    assert code == 1008
+
+
 def test_unknown_encoding(server, speech):
     start = json.dumps({"type": "start", "encoding": "opus", "sample_rate": 48000})
     messages, code, reason = alongside(server, speech, send_and_drain(server, start))
@@ -389,3 +404,23 @@ def test_twilio_takes_the_token_from_custom_parameters(server, data_dir):
     assert "token" not in good.messages[0]["customParameters"]  # never echoed
     bad = run(call("wrong"))
     assert [m["code"] for m in bad.messages] == ["unauthorized"] and bad.close_code == 1008
+
+
+def test_twilio_without_a_token_must_authenticate_within_seconds(server):
+    """Messages before an authenticated start (here a mark every second, each within the idle
+    timeout of 2 s) do not keep an unauthenticated socket open: AUTH_SECONDS after it opened
+    it is closed as unauthorized."""
+    from voicescreen.web.ws import AUTH_SECONDS
+
+    marks = [({"event": "connected"}, 0.0)]
+    marks += [
+        ({"event": "mark", "mark": {"name": f"m{i}"}}, 1.0) for i in range(int(AUTH_SECONDS) + 5)
+    ]
+
+    async def call():
+        return await converse(server.ws_url("/v1/twilio"), marks, realtime=True)
+
+    result = run(call())
+    assert [m["code"] for m in result.messages] == ["unauthorized"], result.messages
+    assert "no authenticated start within" in result.messages[0]["message"]
+    assert result.close_code == 1008

@@ -205,6 +205,10 @@ def test_a_media_format_other_than_twilios_is_refused(server, frames):
 def test_malformed_twilio_message(server):
     result = twilio_call(server, [({"event": "connected"}, 0.0), (b"\x00\x01", 0.0)])
     assert [m["code"] for m in result.messages] == ["bad_message"] and result.close_code == 1008
+    huge = '{"event": "start", "sequenceNumber": ' + "9" * 5000 + "}"  # too long for int()
+    result = twilio_call(server, [({"event": "connected"}, 0.0), (huge, 0.0)])
+    assert [m["code"] for m in result.messages] == ["bad_message"] and result.close_code == 1008
+    assert "Exceeds the limit" in result.messages[0]["message"]
 
 
 def test_a_call_that_hangs_up_without_stop_still_ends(server, webhook, frames):

@@ -30,7 +30,7 @@ from voicescreen.web.auth import TWILIO_SIGNATURE, token_ok, twilio_signature_ok
 from voicescreen.web.sinks import log_event
 from voicescreen.web.state import AppState
 from voicescreen.web.streams import CLOSE_CODES, CLOSE_NORMAL, ClientGone, RateLimit, StreamError
-from voicescreen.web.ws import Peer, decode_json, ended_by
+from voicescreen.web.ws import AUTH_SECONDS, Peer, decode_json, ended_by
 
 log = logging.getLogger(__name__)
 
@@ -257,8 +257,11 @@ class TwilioCall:
 
     async def read(self) -> str:
         """Messages until ``stop`` or the end of the socket; returns how it ended."""
+        # Without a token in the request, only an authenticated start lets the call go on: the
+        # socket has AUTH_SECONDS for it, however many other messages it sends meanwhile.
+        deadline = asyncio.get_running_loop().time() + AUTH_SECONDS
         while True:
-            message = await self.peer.receive()
+            message = await self.peer.receive(None if self.token_checked else deadline)
             if message["type"] == "websocket.disconnect":
                 return "disconnect"
             if message.get("bytes") is not None:

@@ -93,14 +93,20 @@ class Peer:
     async def send_event(self, event: Event) -> None:
         await self.send_text(event.to_json())
 
-    async def receive(self) -> dict[str, Any]:
-        """The next message; StreamError ``idle_timeout`` when none comes in time."""
+    async def receive(self, deadline: float | None = None) -> dict[str, Any]:
+        """The next message; StreamError ``idle_timeout`` when none comes in time, and
+        ``unauthorized`` when the loop's clock passes ``deadline`` (the time an unauthenticated
+        socket has to authenticate, whatever it sends meanwhile) first."""
+        timeout, code = self.config.idle_timeout, "idle_timeout"
+        why = f"no message for {timeout:g} s"
+        if deadline is not None:
+            left = max(deadline - asyncio.get_running_loop().time(), 0.0)
+            if left < timeout:
+                timeout, code, why = left, "unauthorized", AUTH_TIMEOUT_MESSAGE
         try:
-            message = await asyncio.wait_for(self.ws.receive(), self.config.idle_timeout)
+            message = await asyncio.wait_for(self.ws.receive(), timeout)
         except TimeoutError:
-            raise StreamError(
-                "idle_timeout", f"no message for {self.config.idle_timeout:g} s"
-            ) from None
+            raise StreamError(code, why) from None
         if message["type"] == "websocket.disconnect":
             self.gone = True
         return message
@@ -121,11 +127,16 @@ class Peer:
             await self.ws.close(code, close_reason(reason))
 
 
+AUTH_SECONDS = 10.0  # an unauthenticated socket's time to authenticate (Twilio: its start)
+AUTH_TIMEOUT_MESSAGE = f"no authenticated start within {AUTH_SECONDS:g} s"
+
+
 def decode_json(text: str) -> dict[str, Any]:
     """A text message as a JSON object; StreamError ``bad_message`` otherwise."""
     try:
         message = json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as e:
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, and an integer of more digits
+        # than Python converts (``ValueError: Exceeds the limit (4300 digits) ...``)
         raise StreamError("bad_message", f"text message is not valid JSON ({e})") from None
     if not isinstance(message, dict):
         raise StreamError("bad_message", "a text message must be a JSON object")
