@@ -14,7 +14,7 @@ look-ahead: at 8 kHz input that is ~4 ms of latency.
 from __future__ import annotations
 
 import math
-from functools import lru_cache
+from collections import OrderedDict
 
 import numpy as np
 
@@ -27,6 +27,7 @@ MAX_TABLE = (
     4_000_000  # coefficients kept per (up, down) pair; above that they are computed per call
 )
 BLOCK = 4096  # output samples computed per numpy step (bounds memory)
+TABLE_CACHE_BYTES = 64 << 20  # coefficient tables kept for reuse, all rates together
 
 
 def _kernel(phase: np.ndarray, up: int, down: int, taps: int, cutoff: float) -> np.ndarray:
@@ -41,17 +42,36 @@ def _kernel(phase: np.ndarray, up: int, down: int, taps: int, cutoff: float) -> 
     return h / h.sum(axis=1, keepdims=True)  # unit gain at DC for every phase
 
 
-@lru_cache(maxsize=16)
-def _design(orig_rate: int, new_rate: int) -> tuple[int, int, int, float, np.ndarray | None]:
-    g = math.gcd(orig_rate, new_rate)
-    up, down = new_rate // g, orig_rate // g
-    cutoff = min(1.0, up / down) * ROLLOFF  # in cycles per input sample, times 2
-    taps = math.ceil(ZERO_CROSSINGS / cutoff)
-    table = None
-    if up * 2 * taps <= MAX_TABLE:
-        table = _kernel(np.arange(up), up, down, taps, cutoff)
-        table.setflags(write=False)
-    return up, down, taps, cutoff, table
+Design = tuple[int, int, int, float, "np.ndarray | None"]  # up, down, taps, cutoff, table
+_designs: OrderedDict[tuple[int, int], Design] = OrderedDict()  # least recently used first
+
+
+def _design(orig_rate: int, new_rate: int) -> Design:
+    """The filter for ``orig_rate -> new_rate``: ratio, taps, cut-off and, when it is small enough,
+    the coefficient table of every phase. Kept for reuse, most recently used last, up to
+    ``TABLE_CACHE_BYTES`` of tables in all (a stream at an odd rate makes a table of up to 32 MB;
+    sixteen of them were once kept for good)."""
+    key = (orig_rate, new_rate)
+    design = _designs.pop(key, None)
+    if design is None:
+        g = math.gcd(orig_rate, new_rate)
+        up, down = new_rate // g, orig_rate // g
+        cutoff = min(1.0, up / down) * ROLLOFF  # in cycles per input sample, times 2
+        taps = math.ceil(ZERO_CROSSINGS / cutoff)
+        table = None
+        if up * 2 * taps <= MAX_TABLE:
+            table = _kernel(np.arange(up), up, down, taps, cutoff)
+            table.setflags(write=False)
+        design = (up, down, taps, cutoff, table)
+    _designs[key] = design
+    while len(_designs) > 1 and cached_table_bytes() > TABLE_CACHE_BYTES:
+        _designs.popitem(last=False)  # the least recently used (never the one just asked for)
+    return design
+
+
+def cached_table_bytes() -> int:
+    """Bytes of coefficient tables the resampler keeps for reuse."""
+    return sum(d[4].nbytes for d in _designs.values() if d[4] is not None)
 
 
 class Resampler:

@@ -1,3 +1,5 @@
+import importlib
+
 import numpy as np
 import pytest
 
@@ -93,3 +95,20 @@ def test_errors():
     with pytest.raises(AudioError, match="flushed"):
         r.process(np.zeros(10, np.float32))
     assert r.flush().size == 0
+
+
+def test_the_filter_tables_kept_for_reuse_are_bounded_in_bytes():
+    """Streams at odd rates each make a large coefficient table (20001 Hz: 2.7 M coefficients,
+    22 MB); what is kept for reuse stays within TABLE_CACHE_BYTES (sixteen such tables, 350 MB,
+    were once kept for good), and a table that was let go is made again, the same."""
+    rs = importlib.import_module("voicescreen.stream.resample")  # the module, not the function
+
+    odd = [r for r in range(20001, 20040, 2) if r % 5][:10]  # prime to 16000: up = 16000
+    x = np.random.default_rng(0).standard_normal(30000).astype(np.float32)
+    first = resample(x, odd[0])
+    for rate in odd:
+        assert Resampler(rate)._table.nbytes > 16 << 20
+        assert rs.cached_table_bytes() <= rs.TABLE_CACHE_BYTES
+    assert (odd[0], 16000) not in rs._designs  # the least recently used went first
+    np.testing.assert_array_equal(resample(x, odd[0]), first)
+    assert Resampler(48000)._table is Resampler(48000)._table  # a common rate: kept, reused
