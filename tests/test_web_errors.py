@@ -386,6 +386,13 @@ def test_bad_sdp(server):
     assert r.status_code == 400
     r = offer({"json": {"type": "offer", "sdp": "m=audio m=application", "models": ["x"]}})
     assert r.status_code == 400 and "unknown model" in r.json()["detail"]
+    # An oversized body is refused by its Content-Length, or, sent without one (chunked), once
+    # the limit has arrived: never read whole.
+    big = b'{"type": "offer", "sdp": "' + b"x" * (8 << 20) + b'"}'
+    for body in (big, (big[i : i + 65536] for i in range(0, len(big), 65536))):
+        r = offer({"content": body})
+        assert r.status_code == 413 and r.json()["code"] == "too_large", r.text
+        assert "the offer is over the" in r.json()["detail"]
 
 
 def test_twilio_takes_the_token_from_custom_parameters(server, data_dir):

@@ -44,7 +44,7 @@ from voicescreen.stream import Cascade
 from voicescreen.web.auth import origin_ok, presented_token, token_ok
 from voicescreen.web.config import ServerConfig
 from voicescreen.web.metrics import render
-from voicescreen.web.rtc import RtcError
+from voicescreen.web.rtc import MAX_SDP, RtcError
 from voicescreen.web.state import AppState
 from voicescreen.web.streams import TRANSPORTS
 from voicescreen.web.twilio import twilio_endpoint
@@ -223,8 +223,10 @@ def create_app(config: ServerConfig) -> FastAPI:
     )
     async def rtc_offer(request: Request) -> dict[str, Any]:
         check_access(request)
+        limit = MAX_SDP + 4096  # the SDP and the few fields around it
+        body_request = capped(request, limit, f"the offer is over the {limit}-byte limit")
         try:
-            body = await request.json()
+            body = await body_request.json()
         except ValueError:
             raise HttpError(400, "bad_sdp", "the offer must be JSON") from None
         client = request.client.host if request.client else "unknown"
@@ -310,23 +312,31 @@ def openapi_3_0(spec: dict[str, Any]) -> dict[str, Any]:
     return doc
 
 
-async def read_upload(request: Request, limit: int) -> tuple[str, bytes]:
-    """The uploaded file's name and bytes, refusing more than ``limit`` bytes of body."""
+def capped(request: Request, cap: int, too_large: str) -> Request:
+    """``request`` whose body refuses to be read past ``cap`` bytes (413 ``too_large``, saying
+    ``too_large``): at once when its Content-Length says so, else as soon as more has arrived,
+    so an oversized body is never held whole."""
     length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > limit + 64 * 1024:
-        raise HttpError(413, "too_large", f"the upload is over the {limit}-byte limit")
+    if length is not None and length.isdigit() and int(length) > cap:
+        raise HttpError(413, "too_large", too_large)
     received = 0
 
-    async def capped() -> dict[str, Any]:
+    async def receive() -> dict[str, Any]:
         nonlocal received
         message = await request.receive()
         if message["type"] == "http.request":
             received += len(message.get("body", b""))
-            if received > limit + 64 * 1024:
-                raise HttpError(413, "too_large", f"the upload is over the {limit}-byte limit")
+            if received > cap:
+                raise HttpError(413, "too_large", too_large)
         return message
 
-    capped_request = Request(request.scope, capped)
+    return Request(request.scope, receive)
+
+
+async def read_upload(request: Request, limit: int) -> tuple[str, bytes]:
+    """The uploaded file's name and bytes, refusing more than ``limit`` bytes of body."""
+    too_large = f"the upload is over the {limit}-byte limit"
+    capped_request = capped(request, limit + 64 * 1024, too_large)  # room for multipart framing
     content_type = request.headers.get("content-type", "")
     if content_type.startswith("multipart/form-data"):
         try:
@@ -345,7 +355,7 @@ async def read_upload(request: Request, limit: int) -> tuple[str, bytes]:
         data = await capped_request.body()
         name = request.query_params.get("filename", "upload")
     if len(data) > limit:
-        raise HttpError(413, "too_large", f"the upload is over the {limit}-byte limit")
+        raise HttpError(413, "too_large", too_large)
     if not data:
         raise HttpError(400, "bad_request", "the upload is empty")
     return name, data
