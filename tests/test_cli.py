@@ -119,3 +119,44 @@ def test_shipped_default_bundle_works_offline_and_its_card_is_true(tmp_path, dat
     assert measured.eer == pytest.approx(stated["eer"], abs=1e-9)
     assert measured.bonafide_accepted == pytest.approx(stated["bonafide_accepted"], abs=1e-9)
     assert measured.spoof_rejected == pytest.approx(stated["spoof_rejected"], abs=1e-9)
+
+
+def test_a_reader_that_leaves_early_and_ctrl_c_end_quietly(tmp_path):
+    """`voicescreen models --json | head`: the pipe closes before the output is written; and
+    Ctrl-C on `serve`: it shuts down. Neither prints a traceback; the exit status says which."""
+    import signal
+    import socket
+    import time
+
+    import httpx
+
+    env = {**os.environ, "VOICESCREEN_HOME": str(tmp_path)}
+    p = subprocess.Popen(
+        [sys.executable, "-m", "voicescreen", "models", "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    p.stdout.close()  # the reader is gone before the first write
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 141 and b"Traceback" not in err, err.decode()
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    serve = ["serve", "--port", str(port), "--fast-path", "none", "--no-reuse"]
+    p = subprocess.Popen(
+        [sys.executable, "-m", "voicescreen", *serve], stderr=subprocess.PIPE, text=True, env=env
+    )
+    deadline = time.monotonic() + 120
+    while True:
+        assert p.poll() is None and time.monotonic() < deadline, p.stderr.read()
+        try:
+            httpx.get(f"http://127.0.0.1:{port}/healthz")
+            break
+        except httpx.TransportError:
+            time.sleep(0.5)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 130 and "Traceback" not in err, err
+    assert "Shutting down" in err and "KeyboardInterrupt" not in err
