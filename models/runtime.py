@@ -394,11 +394,13 @@ class RuntimePlan:
 
 
 def wants_gpu(providers: Sequence[str] | str | None) -> bool:
-    """Whether ``providers`` (as ``--providers`` takes them) put ONNX Runtime on a GPU here."""
+    """Whether ``providers`` (as ``--providers`` takes them) ask for a GPU: ``auto`` where an
+    NVIDIA GPU is present, or ``cuda``/``tensorrt`` named (even where none is: ONNX Runtime then
+    falls back to the CPU, on the bundle's own graph, as asked)."""
     if providers is None or providers == AUTO or list(providers) == [AUTO]:
         return _has_nvidia_gpu()
     names = providers.split(",") if isinstance(providers, str) else providers
-    return _has_nvidia_gpu() and any(p.strip() in ("cuda", "tensorrt") for p in names)
+    return any(p.strip() in ("cuda", "tensorrt") for p in names)
 
 
 def plan_runtime(
@@ -444,7 +446,7 @@ def plan_runtime(
         why.append("--backend torch: eager PyTorch (--fast-path bf16 compiles it)")
     elif gpu:
         chosen = None
-        why.append("a GPU: the bundle's graph, batched")
+        why.append("a GPU provider: the bundle's graph, batched")
     elif streams and backend == AUTO and cpu.native_bf16 and _compiler_problem() is None:
         chosen = "bf16"
         why.append(

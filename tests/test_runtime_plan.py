@@ -82,6 +82,9 @@ def test_other_models_int8_bundles_and_gpus_run_their_own_graph(monkeypatch):
     gpu = plan(ZEN4)
     assert (gpu.backend, gpu.fast_path, gpu.reuse) == ("onnx", None, False) and "GPU" in gpu.why
     assert plan(ZEN4, providers="cpu").fast_path == "bf16"  # the CPU asked for: the CPU's choice
+    monkeypatch.setattr(rt, "_has_nvidia_gpu", lambda: False)
+    named = plan(AVX2, providers="cuda,cpu")  # asked for, none here: the graph ORT falls back with
+    assert (named.fast_path, named.reuse) == (None, False) and "GPU provider" in named.why
 
 
 def test_files_beside_streams_take_exact_for_a_chosen_bf16_plan():
