@@ -66,10 +66,15 @@ def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     """Read a WAV/FLAC/OGG file as mono float32 at ``sample_rate`` Hz, shape (samples,)."""
     import soundfile as sf
 
+    if not Path(path).exists():  # libsndfile would say only "System error."
+        raise AudioError(f"{path}: no such file")
+    if Path(path).is_dir():
+        raise AudioError(f"{path}: a directory, not an audio file")
     try:
         data, rate = sf.read(str(path), dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, OSError) as e:
-        raise AudioError(f"{path}: cannot read audio ({e})") from e
+        reason = str(e).removeprefix(f"Error opening {str(path)!r}: ")  # the path once is enough
+        raise AudioError(f"{path}: cannot read audio ({reason})") from e
     if data.shape[0] == 0:
         raise AudioError(f"{path}: no audio samples")
     x = resample(to_mono(data), rate, sample_rate)

@@ -165,7 +165,8 @@ def cmd_score(args: argparse.Namespace) -> int:
             if args.json:
                 print(json.dumps({"file": path, "error": str(e)}), flush=True)
             else:
-                print(f"{path}: error: {e}", file=sys.stderr, flush=True)
+                reason = str(e).removeprefix(f"{path}: ")  # the path once, in front
+                print(f"{path}: error: {reason}", file=sys.stderr, flush=True)
             continue
         if args.json:
             print(json.dumps(result.to_dict(windows=args.windows)), flush=True)

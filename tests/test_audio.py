@@ -55,10 +55,13 @@ def test_load_audio_downmixes_and_resamples(tmp_path):
 def test_load_audio_errors_are_clear(tmp_path):
     bad = tmp_path / "bad.wav"
     bad.write_bytes(b"RIFF not really a wav")
-    with pytest.raises(AudioError, match="cannot read audio"):
+    with pytest.raises(AudioError, match="cannot read audio") as e:
         load_audio(bad)
-    with pytest.raises(AudioError, match="cannot read audio"):
+    assert str(e.value).count(str(bad)) == 1  # the path once
+    with pytest.raises(AudioError, match="missing.flac: no such file$"):
         load_audio(tmp_path / "missing.flac")
+    with pytest.raises(AudioError, match="a directory, not an audio file"):
+        load_audio(tmp_path)
     sf.write(tmp_path / "empty.wav", np.zeros((0, 1)), 16000)
     with pytest.raises(AudioError, match="no audio"):
         load_audio(tmp_path / "empty.wav")

@@ -75,7 +75,11 @@ def test_unreadable_files_are_reported_and_the_rest_scored(home, data_dir, tmp_p
     p = run("score", str(bad), str(good), "--bundle", "aasist-l-official", home=home, check=False)
     assert p.returncode == 1
     assert "bad.wav: error: " in p.stderr and "cannot read audio" in p.stderr
+    assert p.stderr.count(str(bad)) == 1  # the path once
     assert str(good) in p.stdout and "1 of 2 files could not be read" in p.stderr
+    missing = tmp_path / "missing.wav"
+    p = run("score", str(missing), "--bundle", "aasist-l-official", home=home, check=False)
+    assert p.returncode == 1 and f"{missing}: error: no such file\n" in p.stderr
 
 
 def test_missing_bundle_is_a_clear_error(home, data_dir):
