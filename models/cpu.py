@@ -14,9 +14,7 @@ its own kernels, chosen by the CPU alone).
 
 from __future__ import annotations
 
-import os
 import platform
-import re
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -81,29 +79,19 @@ def parse_cpuinfo(text: str, dispatch: str) -> CpuInfo:
     model = model or platform.processor() or platform.machine()
     flags = frozenset(f for f in FLAGS if f in names)
     dispatch = dispatch.upper()
-    lowered = False
-    if not dispatch.startswith("AVX512"):
+    if dispatch.startswith("AVX512"):
+        kept = flags
+    elif dispatch == "AVX2":
         kept = frozenset(f for f in flags if not f.startswith(_AVX512_ONLY))
-        if dispatch != "AVX2":
-            kept = frozenset()
-        lowered = kept != flags
-        flags = kept
-    return CpuInfo(model=model, flags=flags, dispatch=dispatch, lowered=lowered)
+    else:
+        kept = frozenset()
+    return CpuInfo(model=model, flags=kept, dispatch=dispatch, lowered=kept != flags)
 
 
 def _dispatch() -> str:
-    try:
-        import torch
+    import torch
 
-        return str(torch.backends.cpu.get_cpu_capability())
-    except (ImportError, AttributeError):
-        wanted = os.environ.get("ATEN_CPU_CAPABILITY", "")
-        if wanted:
-            return wanted.upper()
-        text = _cpuinfo_text()
-        if re.search(r"\bavx512f\b", text):
-            return "AVX512"
-        return "AVX2" if re.search(r"\bavx2\b", text) else "DEFAULT"
+    return str(torch.backends.cpu.get_cpu_capability())
 
 
 @cache

@@ -56,6 +56,16 @@ def _has_nvidia_gpu() -> bool:
     return Path("/dev/nvidiactl").exists() or Path("/dev/nvidia0").exists()
 
 
+def provider_names(providers: Sequence[str] | str | None) -> list[str]:
+    """``--providers`` as a list of short names: ``"cuda,cpu"`` -> ``["cuda", "cpu"]``, None ->
+    ``["auto"]``."""
+    if providers is None:
+        return ["auto"]
+    if isinstance(providers, str):
+        return [p.strip() for p in providers.split(",") if p.strip()]
+    return list(providers)
+
+
 def resolve_providers(providers: Sequence[str] | str | None) -> list[str]:
     """Provider short names (``tensorrt``, ``cuda``, ``cpu``, or ``auto``) -> ORT provider names.
 
@@ -64,10 +74,9 @@ def resolve_providers(providers: Sequence[str] | str | None) -> list[str]:
     """
     import onnxruntime as ort
 
-    if providers is None or providers == "auto" or list(providers) == ["auto"]:
+    providers = provider_names(providers)
+    if providers == ["auto"]:
         providers = ["cuda", "cpu"] if _has_nvidia_gpu() else ["cpu"]
-    elif isinstance(providers, str):
-        providers = [p.strip() for p in providers.split(",") if p.strip()]
     unknown = [p for p in providers if p not in PROVIDERS]
     if unknown:
         raise ValueError(f"unknown execution provider {unknown}; use {list(PROVIDERS)} or auto")
@@ -241,9 +250,7 @@ def exact_runtime(
     from voicescreen.models.optimize import optimize_onnx
 
     check_fast_path(bundle, "exact", "onnx")
-    if isinstance(providers, str):
-        providers = [p.strip() for p in providers.split(",") if p.strip()]
-    others = [p for p in providers or () if p not in ("auto", "cpu")]
+    others = [p for p in provider_names(providers) if p not in ("auto", "cpu")]
     if others:
         raise FastPathError(
             f"--fast-path exact builds a graph for ONNX Runtime's CPU provider; it cannot run "
@@ -397,9 +404,9 @@ def wants_gpu(providers: Sequence[str] | str | None) -> bool:
     """Whether ``providers`` (as ``--providers`` takes them) ask for a GPU: ``auto`` where an
     NVIDIA GPU is present, or ``cuda``/``tensorrt`` named (even where none is: ONNX Runtime then
     falls back to the CPU, on the bundle's own graph, as asked)."""
-    if providers is None or providers == AUTO or list(providers) == [AUTO]:
+    names = provider_names(providers)
+    if names == [AUTO]:
         return _has_nvidia_gpu()
-    names = providers.split(",") if isinstance(providers, str) else providers
     return any(p.strip() in ("cuda", "tensorrt") for p in names)
 
 

@@ -184,7 +184,7 @@ def test_serve_runtime_options_score_a_stream(bundle, clip, flags, env, want):
     log = "".join(log_lines)
     # the start-up log names the path of each model, and why it was chosen
     assert (f"fast path {fast_path}" in log) if fast_path else ("fast path" not in log)
-    assert f"chosen: {because}" in log or because in log.split("chosen: ", 1)[-1]
+    assert because in log.split("chosen: ", 1)[-1]
     assert ("encoder reuse" in log and "hop 1.000 s -> 0.957 s" in log) == reuse
     offline = Scorer(bundle).score_file(clip, hop=hop)
     scored = {
