@@ -20,6 +20,19 @@ WINDOW_SAMPLES = 64600  # ≈ 4.04 s: the input of AASIST and the AASIST-repo Ra
 HOP_SECONDS = 1.0  # default hop between sliding windows
 HOP_SAMPLES = int(HOP_SECONDS * SAMPLE_RATE)
 
+# Kinds of audio a bundle may be calibrated for (``score.channels`` of its card): telephone audio
+# (8 kHz rates, G.711/GSM/AMR codecs: nothing above ~4 kHz) scores differently from wideband
+# audio (16 kHz and up: G.722, Opus, a sound card) through the same model.
+WIDEBAND, NARROWBAND = "wideband", "narrowband"
+CHANNELS = (WIDEBAND, NARROWBAND)
+NARROWBAND_MAX_RATE = 8000  # Hz: a source at this rate or below can hold nothing above 4 kHz
+BAND_EDGE_HZ = 4000.0  # narrowband audio has (almost) no energy above this
+# Energy above BAND_EDGE_HZ (up to 7.5 kHz) relative to the 300-3400 Hz speech band, in dB, below
+# which 16 kHz audio is judged narrowband. Measured on ../shared/data: wideband (G.722) clips
+# -46 to -12 dB (median -19), the telephone eval split -81 to -76, G.711 and GSM round trips
+# of dev clips -115 to -104.
+NARROWBAND_BELOW_DB = -55.0
+
 
 class AudioError(ValueError):
     """Audio that cannot be read or makes no sense (empty, NaN, impossible rate)."""
@@ -64,6 +77,11 @@ def resample(x: np.ndarray, orig_rate: int, new_rate: int = SAMPLE_RATE) -> np.n
 
 def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     """Read a WAV/FLAC/OGG file as mono float32 at ``sample_rate`` Hz, shape (samples,)."""
+    return read_audio(path, sample_rate)[0]
+
+
+def read_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> tuple[np.ndarray, int]:
+    """``load_audio``, and the file's own sample rate (Hz)."""
     import soundfile as sf
 
     if not Path(path).exists():  # libsndfile would say only "System error."
@@ -80,7 +98,40 @@ def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     x = resample(to_mono(data), rate, sample_rate)
     if not np.isfinite(x).all():
         raise AudioError(f"{path}: audio contains NaN or infinite samples")
-    return x
+    return x, int(rate)
+
+
+def band_ratio_db(x: np.ndarray) -> float | None:
+    """Energy of 16 kHz audio ``x`` between ``BAND_EDGE_HZ`` + 200 Hz and 7.5 kHz relative to its
+    300-3400 Hz band, in dB (Welch average of 512-point periodograms); None when the speech
+    band is silent."""
+    x = np.asarray(x, dtype=np.float64)
+    n = 512
+    if x.size < n:
+        return None
+    frames = np.lib.stride_tricks.sliding_window_view(x, n)[:: n // 2]
+    power = (np.abs(np.fft.rfft(frames * np.hanning(n), axis=1)) ** 2).mean(axis=0)
+    hz = np.fft.rfftfreq(n, 1 / SAMPLE_RATE)
+    speech = power[(hz >= 300) & (hz <= 3400)].sum()
+    high = power[(hz >= BAND_EDGE_HZ + 200) & (hz <= 7500)].sum()
+    if speech <= 0:
+        return None
+    return float(10 * np.log10(max(high, 1e-30) / speech))
+
+
+def channel_of_rate(rate: int) -> str:
+    """The channel a stream or file of this sample rate is, by its rate alone."""
+    return NARROWBAND if rate <= NARROWBAND_MAX_RATE else WIDEBAND
+
+
+def measure_channel(x: np.ndarray, rate: int = SAMPLE_RATE) -> str:
+    """The channel of audio ``x`` (16 kHz samples) that came from a source at ``rate`` Hz:
+    narrowband when the source rate says so, or when it has (almost) nothing above 4 kHz
+    (telephone audio stored at a wideband rate), else wideband."""
+    if channel_of_rate(rate) == NARROWBAND:
+        return NARROWBAND
+    ratio = band_ratio_db(x)
+    return NARROWBAND if ratio is not None and ratio < NARROWBAND_BELOW_DB else WIDEBAND
 
 
 @dataclass(frozen=True)

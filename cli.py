@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from voicescreen.audio import HOP_SECONDS
+from voicescreen.audio import CHANNELS, HOP_SECONDS
 
 if TYPE_CHECKING:
     from voicescreen.models.bundle import Bundle
@@ -159,7 +159,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     failed = 0
     for path in args.files:
         try:
-            result = scorer.score_file(path, hop=args.hop)
+            result = scorer.score_file(path, hop=args.hop, channel=args.channel)
         except (AudioError, OSError) as e:
             failed += 1
             if args.json:
@@ -174,7 +174,8 @@ def cmd_score(args: argparse.Namespace) -> int:
         print(
             f"{path}  {result.verdict:<8}  score {result.score:+.4f}  "
             f"calibrated {result.calibrated:+.3f}  ({result.duration:.2f} s, "
-            f"{len(result.windows)} window{'s' * (len(result.windows) != 1)})",
+            f"{len(result.windows)} window{'s' * (len(result.windows) != 1)}, "
+            f"{result.channel}, {result.calibration} calibration)",
             flush=True,
         )
         if args.windows:
@@ -289,6 +290,67 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- voicescreen calibrate ---------------------------------------------------------------------
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from voicescreen.models.bundle import BundleError, load_bundle
+    from voicescreen.models.store import bundle_home, resolve_bundle
+    from voicescreen.train.augment import CHANNELS as AUGMENT_CHANNELS
+    from voicescreen.train.calibrate import recalibrate
+    from voicescreen.train.data import ProtocolError, load_split
+
+    channels = [c.strip() for c in args.channels.split(",") if c.strip()]
+    unknown = [c for c in channels if c not in AUGMENT_CHANNELS]
+    if unknown or not channels:
+        return _fail(f"--channels: unknown {unknown}; use some of {list(AUGMENT_CHANNELS)}")
+    try:
+        source = resolve_bundle(args.bundle)
+        name = load_bundle(source).name
+        out = Path(args.out) if args.out else bundle_home() / f"{name}-recalibrated"
+        if out.resolve() == Path(source).resolve():
+            return _fail(f"--out {out} is the bundle itself; write the copy elsewhere")
+        utts = load_split(args.data_root, args.split)
+        for root in args.extra or []:
+            utts += load_split(root, args.split)
+        data = {
+            "corpora": [_portable_path(args.data_root), *map(_portable_path, args.extra or [])],
+            "split": args.split,
+        }
+        _, fitted = recalibrate(
+            source,
+            utts,
+            channels,
+            out,
+            data=data,
+            threads=args.threads,
+            progress=sys.stderr.isatty(),
+        )
+    except (BundleError, ProtocolError, FileNotFoundError, ValueError) as e:
+        return _fail(str(e))
+
+    def line(what: str, c) -> str:
+        return f"  {what:<11} threshold {c.threshold:+.4f}  scale {c.scale:.3f}"
+
+    print(f"wrote {out}: {len(utts)} clips x {len(channels)} channels ({', '.join(channels)})")
+    print(line("pooled", fitted.pooled))
+    for kind, c in fitted.channels.items():
+        bona, spoof = fitted.counts[kind]
+        print(line(kind, c) + f"  ({bona} bona fide, {spoof} spoof scores)")
+    return 0
+
+
+def _portable_path(path: str | os.PathLike) -> str:
+    """``path`` as a card should hold it: relative to the repository's parent (``../shared/...``)
+    or the home directory (``~/...``) where it lies under them, else as given."""
+    resolved = Path(path).expanduser().resolve()
+    repo = Path(__file__).resolve().parent
+    for base, shown in ((repo.parent, ".."), (Path.home(), "~")):
+        if resolved.is_relative_to(base):
+            return f"{shown}/{resolved.relative_to(base)}"
+    return str(path)
+
+
 # --- voicescreen models ------------------------------------------------------------------------
 
 
@@ -367,6 +429,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--windows", action="store_true", help="print the per-window timeline")
     s.add_argument("--hop", type=float, default=HOP_SECONDS, help="window hop in seconds")
     s.add_argument("--json", action="store_true", help="one JSON object per file")
+    s.add_argument(
+        "--channel",
+        choices=CHANNELS,
+        help="the files' kind of audio, whose calibration of the bundle they get (default: "
+        "measured per file: 8 kHz sources and audio with nothing above 4 kHz are narrowband)",
+    )
     add_runtime_arguments(s)
     s.set_defaults(func=cmd_score)
 
@@ -388,6 +456,28 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dev-clips", type=int, help="dev clips to check on (default: all)")
     s.add_argument("--threads", type=int, default=None, help="intra-op threads")
     s.set_defaults(func=cmd_optimize)
+
+    s = sub.add_parser(
+        "calibrate",
+        help="recalibrate a bundle on labelled clips, pooled and per channel",
+        description="Score the first window of every clip of --split (of --data-root and each "
+        "--extra corpus) through each of --channels, and write a copy of the bundle whose card "
+        "holds the EER threshold and logistic scale fitted on all of them (pooled) and on each "
+        "kind of audio alone (wideband, narrowband: the calibration that streams and files of "
+        "that kind get). Calibrate on dev data, never on the data you report on.",
+    )
+    s.add_argument("--bundle", help="the bundle (default: the shipped one)")
+    s.add_argument("--data-root", required=True, help="a corpus in the ASVspoof layout")
+    s.add_argument("--extra", action="append", metavar="DIR", help="more corpora; repeatable")
+    s.add_argument("--split", default="dev", help="the split to calibrate on (default dev)")
+    s.add_argument(
+        "--channels",
+        default="clean,mulaw,mobile",
+        help="channels each clip goes through, comma-separated (default clean,mulaw,mobile)",
+    )
+    s.add_argument("--out", help="the new bundle (default: NAME-recalibrated, user bundles)")
+    s.add_argument("--threads", type=int, default=None, help="intra-op threads")
+    s.set_defaults(func=cmd_calibrate)
 
     from voicescreen.models.registry import ARCHITECTURES
 

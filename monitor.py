@@ -34,7 +34,7 @@ from typing import Any, Protocol, TextIO
 
 import numpy as np
 
-from voicescreen.audio import HOP_SECONDS, AudioError
+from voicescreen.audio import CHANNELS, HOP_SECONDS, AudioError
 from voicescreen.stream import (
     AudioFormat,
     BatchOptions,
@@ -538,10 +538,13 @@ async def monitor(
     duration: float | None = None,
     alerts: Alerts | None = None,
     exit_on_spoof: bool = False,
+    channel: str | None = None,
 ) -> Outcome:
     """Screen ``source`` with ``scorers`` until it ends, ``duration`` seconds of audio have been
     read, Ctrl-C (or SIGTERM), or, with ``exit_on_spoof``, a verdict turns spoof; every event goes
-    to ``sink``. One ``Session`` does the screening; the monitor only moves audio and events."""
+    to ``sink``. One ``Session`` does the screening; the monitor only moves audio and events.
+    ``channel``: the kind of audio (wideband, narrowband) whose calibration the scores get;
+    None: what the source's rate implies."""
     vad = vad or VadOptions()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -557,6 +560,7 @@ async def monitor(
         session = Session(
             scorers,
             fmt=AudioFormat("float32", source.rate, source.channels or 1),
+            channel=channel,
             window=window,
             vad=vad,
             smoothing=smoothing,
@@ -754,6 +758,7 @@ async def _run(args: argparse.Namespace, source: Source, workers: dict[str, Scor
             duration=args.duration,
             alerts=Alerts(args.alert_cmd) if args.alert_cmd else None,
             exit_on_spoof=args.exit_on_spoof,
+            channel=args.channel,
         )
     except DeviceError as e:
         return _fail(str(e))
@@ -816,6 +821,12 @@ def add_parsers(subparsers: Any) -> argparse.ArgumentParser:
         "(default: the shipped one)",
     )
     m.add_argument("--hop", type=float, default=HOP_SECONDS, help="window hop in seconds")
+    m.add_argument(
+        "--channel",
+        choices=CHANNELS,
+        help="the input's kind of audio, whose calibration of each bundle the scores get "
+        "(default: from the device's rate; say narrowband for a phone line on a sound card)",
+    )
     m.add_argument(
         "--min-voiced",
         type=float,

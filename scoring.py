@@ -1,7 +1,9 @@
 """Offline scoring: a whole signal, cut into sliding windows, scored in batches by one bundle.
 
 The same windows, padding and score calibration are what the streaming sessions use, so offline
-and streaming scores of the same audio agree.
+and streaming scores of the same audio agree. A file's channel (``wideband`` or ``narrowband``,
+whose calibration of the bundle its scores get) is measured from its sample rate and bandwidth
+(``audio.measure_channel``) unless the caller says which it is.
 """
 
 from __future__ import annotations
@@ -11,7 +13,14 @@ from pathlib import Path
 
 import numpy as np
 
-from voicescreen.audio import HOP_SECONDS, SAMPLE_RATE, load_audio, sliding_windows
+from voicescreen.audio import (
+    CHANNELS,
+    HOP_SECONDS,
+    SAMPLE_RATE,
+    measure_channel,
+    read_audio,
+    sliding_windows,
+)
 from voicescreen.models.bundle import Bundle
 
 BATCH = 16  # windows per model call offline
@@ -39,11 +48,13 @@ class FileScore:
     duration: float  # seconds
     bundle: str
     architecture: str
-    threshold: float
+    threshold: float  # of the calibration used
     score: float
     calibrated: float
     verdict: str
     windows: list[WindowScore] = field(default_factory=list)
+    channel: str = "wideband"  # the file's kind of audio: wideband or narrowband
+    calibration: str = "pooled"  # the bundle's calibration used: the channel's own, or pooled
 
     def to_dict(self, windows: bool = True) -> dict:
         d = asdict(self)
@@ -71,11 +82,24 @@ class Scorer:
         out = [self.runtime(windows[i : i + BATCH])[1] for i in range(0, len(windows), BATCH)]
         return np.concatenate(out).astype(np.float64)
 
-    def score_signal(self, x: np.ndarray, name: str = "-", hop: float = HOP_SECONDS) -> FileScore:
-        """Score a 16 kHz mono signal window by window (hop in seconds)."""
+    def score_signal(
+        self,
+        x: np.ndarray,
+        name: str = "-",
+        hop: float = HOP_SECONDS,
+        *,
+        rate: int = SAMPLE_RATE,
+        channel: str | None = None,
+    ) -> FileScore:
+        """Score a 16 kHz mono signal window by window (hop in seconds). ``rate``: the sample
+        rate of its source; ``channel``: wideband or narrowband, None to measure it."""
+        if channel is not None and channel not in CHANNELS:
+            raise ValueError(f"unknown channel {channel!r}; use one of {list(CHANNELS)}")
+        channel = channel or measure_channel(x, rate)
+        spec, calibration = self.spec.for_channel(channel)
         wins = list(sliding_windows(x, self.bundle.input_samples, int(round(hop * SAMPLE_RATE))))
         raw = self.score_windows(np.stack([w.samples for w in wins]))
-        cal = self.spec.calibrate(raw)
+        cal = spec.calibrate(raw)
         scored = [
             WindowScore(
                 w.index,
@@ -88,18 +112,23 @@ class Scorer:
             for w, r, c in zip(wins, raw, cal, strict=True)
         ]
         mean_raw = float(raw.mean())
-        mean_cal = float(self.spec.calibrate(mean_raw))
+        mean_cal = float(spec.calibrate(mean_raw))
         return FileScore(
             file=name,
             duration=len(x) / SAMPLE_RATE,
             bundle=self.bundle.name,
             architecture=self.bundle.architecture,
-            threshold=self.spec.threshold,
+            threshold=spec.threshold,
             score=mean_raw,
             calibrated=mean_cal,
             verdict=verdict_of(mean_cal),
             windows=scored,
+            channel=channel,
+            calibration=calibration,
         )
 
-    def score_file(self, path: str | Path, hop: float = HOP_SECONDS) -> FileScore:
-        return self.score_signal(load_audio(path), str(path), hop)
+    def score_file(
+        self, path: str | Path, hop: float = HOP_SECONDS, channel: str | None = None
+    ) -> FileScore:
+        x, rate = read_audio(path)
+        return self.score_signal(x, str(path), hop, rate=rate, channel=channel)

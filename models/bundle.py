@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from voicescreen.audio import SAMPLE_RATE
+from voicescreen.audio import CHANNELS, SAMPLE_RATE
 from voicescreen.models.registry import SCORE_CONVENTIONS, get_architecture
 
 if TYPE_CHECKING:
@@ -49,6 +49,7 @@ WEIGHTS_FILE = "weights.safetensors"
 ONNX_INPUT = "waveform"
 ONNX_OUTPUTS = ("logits", "score")
 ONNX_OPSET = 17
+POOLED = "pooled"  # the calibration of a card over all channels
 EXPORT_TOLERANCE = 1e-3  # ONNX Runtime vs PyTorch on the export check input (tests ask for 1e-4)
 
 
@@ -70,22 +71,50 @@ def score_from_logits(logits: torch.Tensor, convention: str) -> torch.Tensor:
 
 
 @dataclass(frozen=True)
+class Calibration:
+    """One calibration of raw scores: ``calibrated = scale * (raw - threshold)``."""
+
+    threshold: float = 0.0
+    scale: float = 1.0
+
+    def to_dict(self) -> dict[str, float]:
+        return {"threshold": self.threshold, "scale": self.scale}
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> Calibration:
+        return cls(float(d.get("threshold", 0.0)), float(d.get("scale", 1.0)))
+
+
+@dataclass(frozen=True)
 class ScoreSpec:
     """How raw scores become calibrated scores and decisions.
 
     ``calibrated = scale * (raw - threshold)``: positive means bona fide, and with ``scale`` fitted
-    by logistic regression it reads as a log-likelihood ratio.
+    by logistic regression it reads as a log-likelihood ratio. ``channels``: calibrations for
+    kinds of audio (``audio.CHANNELS``: ``wideband``, ``narrowband``), each fitted on scores of
+    that kind only; ``for_channel`` picks one, and ``threshold``/``scale`` (the calibration over
+    all channels pooled, the only one of older cards) stand in for a channel the card lacks.
     """
 
     convention: str
     threshold: float = 0.0
     scale: float = 1.0
+    channels: tuple[tuple[str, Calibration], ...] = ()
 
     def calibrate(self, raw: np.ndarray | float) -> np.ndarray:
         return self.scale * (np.asarray(raw, dtype=np.float64) - self.threshold)
 
+    def for_channel(self, channel: str | None) -> tuple[ScoreSpec, str]:
+        """The spec that calibrates audio of ``channel`` (``wideband``, ``narrowband`` or None),
+        and the name of the calibration it uses: the channel's own, or ``pooled`` where the
+        card has none for it (or no channel is given)."""
+        own = dict(self.channels).get(channel) if channel else None
+        if own is None:
+            return self, POOLED
+        return replace(self, threshold=own.threshold, scale=own.scale), channel
+
     def to_dict(self) -> dict:
-        return {
+        d = {
             "convention": self.convention,
             "meaning": SCORE_CONVENTIONS[self.convention],
             "higher_means": "bonafide",
@@ -93,10 +122,24 @@ class ScoreSpec:
             "scale": self.scale,
             "calibrated": "scale * (score - threshold); > 0 is bona fide",
         }
+        if self.channels:
+            d["channels"] = {name: c.to_dict() for name, c in self.channels}
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping) -> ScoreSpec:
-        return cls(str(d["convention"]), float(d.get("threshold", 0.0)), float(d.get("scale", 1.0)))
+        channels = d.get("channels") or {}
+        if not isinstance(channels, Mapping):
+            raise BundleError(f"score.channels must map channel names to calibrations: {channels}")
+        unknown = sorted(set(channels) - set(CHANNELS))
+        if unknown:
+            raise BundleError(f"score.channels: unknown channels {unknown}; known: {CHANNELS}")
+        return cls(
+            str(d["convention"]),
+            float(d.get("threshold", 0.0)),
+            float(d.get("scale", 1.0)),
+            tuple((name, Calibration.from_dict(channels[name])) for name in sorted(channels)),
+        )
 
 
 @dataclass
@@ -371,12 +414,15 @@ def export_bundle(
     name: str,
     threshold: float = 0.0,
     scale: float = 1.0,
+    channels: Mapping[str, Calibration] | None = None,
     provenance: Mapping | None = None,
     training: Mapping | None = None,
     metrics: Mapping | None = None,
     check_input: np.ndarray | None = None,
 ) -> Bundle:
     """Write ``model`` as a bundle at ``out`` (a directory, or a ``.zip`` path) and verify it.
+    ``threshold``/``scale``: its calibration over all channels; ``channels``: its calibrations
+    for kinds of audio (``wideband``, ``narrowband``), where they were fitted.
 
     The ONNX graph is checked against PyTorch on ``check_input`` (B, input_samples) — pass real
     speech where you have it — and the largest difference is recorded in the card.
@@ -390,7 +436,9 @@ def export_bundle(
     arch = get_architecture(architecture)
     config = arch.config(config)
     input_samples = arch.input_samples(config)
-    spec = ScoreSpec(arch.score, float(threshold), float(scale))
+    spec = ScoreSpec(
+        arch.score, float(threshold), float(scale), tuple(sorted((channels or {}).items()))
+    )
     model = model.eval()
 
     weights = save({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()})

@@ -16,9 +16,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from voicescreen.audio import AudioError
+from voicescreen.audio import NARROWBAND, AudioError, channel_of_rate
 
 ENCODINGS = {"pcm16": 2, "float32": 4, "mulaw": 1, "alaw": 1}  # encoding -> bytes per sample
+TELEPHONE_ENCODINGS = ("mulaw", "alaw")  # G.711: narrowband whatever rate is declared
 PCM16_SCALE = 32768.0  # int16 -> [-1, 1), as soundfile reads PCM16
 
 
@@ -47,6 +48,14 @@ class AudioFormat:
     @property
     def sample_width(self) -> int:
         return ENCODINGS[self.encoding]
+
+    @property
+    def channel(self) -> str:
+        """The kind of audio this format carries (``audio.CHANNELS``): telephone codecs and rates
+        of 8 kHz or less are narrowband, the rest wideband."""
+        if self.encoding in TELEPHONE_ENCODINGS:
+            return NARROWBAND
+        return channel_of_rate(self.sample_rate)
 
     @property
     def frame_bytes(self) -> int:

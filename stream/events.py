@@ -69,6 +69,7 @@ class ScoreEvent(WindowEvent):
     batch: int  # windows in the model call that scored it
     scored_by: str  # the bundle that produced the score (a cascade's cheap or expensive model)
     screen: float | None = None  # cascade: the cheap model's calibrated score, else None
+    calibration: str = "pooled"  # the bundle's calibration applied: wideband, narrowband, pooled
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -134,6 +135,8 @@ class ModelSummary:
     max: float | None = None
     verdict: str = "uncertain"
     latency_ms: dict[str, float | None] = field(default_factory=dict)  # p50, max
+    channel: str | None = None  # the stream's kind of audio: wideband or narrowband
+    calibration: str | None = None  # the calibration its scores got (None: none scored)
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: _plain(getattr(self, f.name)) for f in fields(self)}

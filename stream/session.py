@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from voicescreen.audio import SAMPLE_RATE, AudioError
+from voicescreen.audio import CHANNELS, SAMPLE_RATE, AudioError
 from voicescreen.models.incremental import aligned_hop
 from voicescreen.stream.codecs import AudioFormat, check_samples, decode
 from voicescreen.stream.events import (
@@ -72,6 +72,7 @@ class _Account:
     failed: int = 0
     cancelled: int = 0
     scores: list[float] = field(default_factory=list)  # calibrated
+    calibration: str | None = None  # the bundle calibration the scores got (the last one)
     latencies: list[float] = field(default_factory=list)  # seconds
 
 
@@ -79,12 +80,18 @@ class _Track:
     """Windows, smoothing and the ordered results of one model in one stream."""
 
     def __init__(
-        self, name: str, scorer: Scorer, window: WindowOptions, smoothing: SmoothingOptions
+        self,
+        name: str,
+        scorer: Scorer,
+        window: WindowOptions,
+        smoothing: SmoothingOptions,
+        channel: str,
     ) -> None:
         self.name = name
         self.scorer = scorer
+        self.channel = channel
         open_stream = getattr(scorer, "open_stream", None)
-        self.stream: StreamScorer | None = open_stream() if open_stream else None
+        self.stream: StreamScorer | None = open_stream(channel) if open_stream else None
         stride = getattr(scorer, "stride", None)
         if stride:  # the scorer reuses work between windows that start on its grid
             window = replace(window, hop_seconds=aligned_hop(window.hop_seconds, stride))
@@ -99,6 +106,9 @@ class Session:
 
     ``scorers``: a worker or cascade, or a mapping name -> scorer (several models side by side).
     ``fmt``: what pushed bytes (and arrays) are: encoding, sample rate, channels.
+    ``channel``: the kind of audio (``wideband`` or ``narrowband``) whose calibration the
+    scores get; by default the one ``fmt`` implies (``AudioFormat.channel``: Twilio's 8 kHz
+    mu-law is narrowband, a 16 kHz PCM16 stream or a 48 kHz microphone wideband).
     """
 
     def __init__(
@@ -110,6 +120,7 @@ class Session:
         vad: VadOptions | None = None,
         smoothing: SmoothingOptions | None = None,
         stream_id: str | None = None,
+        channel: str | None = None,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         if not isinstance(scorers, Mapping):
@@ -118,13 +129,18 @@ class Session:
             raise ValueError("a session needs at least one model")
         self.stream_id = stream_id or uuid.uuid4().hex[:12]
         self.format = fmt or AudioFormat()
+        if channel is not None and channel not in CHANNELS:
+            raise ValueError(f"unknown channel {channel!r}; use one of {list(CHANNELS)}")
+        self.channel = channel or self.format.channel
         self.vad = vad or VadOptions()
         self.smoothing = smoothing or SmoothingOptions()
         self._clock = clock
         self._resampler = Resampler(self.format.sample_rate, SAMPLE_RATE)
         self._gate = VoiceGate(self.vad) if self.vad.enabled else None
         window = window or WindowOptions()
-        self._tracks = [_Track(n, s, window, self.smoothing) for n, s in scorers.items()]
+        self._tracks = [
+            _Track(n, s, window, self.smoothing, self.channel) for n, s in scorers.items()
+        ]
         self._out: asyncio.Queue[Event | None] = asyncio.Queue()
         self._samples = 0  # 16 kHz samples received
         self._input_open = True
@@ -219,7 +235,7 @@ class Session:
         if track.stream is not None:
             future = track.stream.submit(w)
         else:
-            future = track.scorer.submit(w.samples)
+            future = track.scorer.submit(w.samples, track.channel)
         if future is None:
             track.slots.append(_Slot(w, voiced, now, "shed"))
             return
@@ -310,6 +326,7 @@ class Session:
         result = future.result()
         latency = slot.done_at - slot.complete
         account.scores.append(result.calibrated)
+        account.calibration = result.calibration
         account.latencies.append(latency)
         account.early += w.early
         previous = track.smoother.verdict
@@ -325,6 +342,7 @@ class Session:
                 batch=result.batch,
                 scored_by=result.scored_by,
                 screen=result.screen,
+                calibration=result.calibration,
             )
         )
         if verdict != previous:
@@ -370,6 +388,8 @@ class Session:
             mean=mean,
             max=max(scores) if scores else None,
             verdict="uncertain" if mean is None else decide(mean, "uncertain", self.smoothing),
+            channel=self.channel,
+            calibration=a.calibration,
             latency_ms={
                 "p50": None if not a.latencies else 1000 * percentile(a.latencies, 0.5),
                 "max": None if not a.latencies else 1000 * max(a.latencies),

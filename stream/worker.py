@@ -19,8 +19,10 @@ raises ``Overloaded``, and those windows are shed (and reported) the same way.
 A ``Cascade`` has the same interface: a cheap model scores every window and an expensive one
 re-scores only the windows whose cheap calibrated score lies within ``band`` of the threshold.
 
-A session scores through ``open_stream()``: a handle per stream that takes whole ``StreamWindow``s.
-For most runtimes it just submits the samples; a runtime that reuses each stream's encoder
+A session scores through ``open_stream(channel)``: a handle per stream that takes whole
+``StreamWindow``s and calibrates their scores for the stream's channel (``wideband`` or
+``narrowband``: the bundle's calibration for that kind of audio, ``ScoreSpec.for_channel``). For
+most runtimes it just submits the samples; a runtime that reuses each stream's encoder
 frames across overlapping windows (``takes_jobs``: ``models.incremental``) is handed, per window,
 its samples, where it starts and that stream's frames, and needs window starts on its ``stride``.
 """
@@ -39,7 +41,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from voicescreen.models.bundle import ScoreSpec
+from voicescreen.models.bundle import POOLED, ScoreSpec
 from voicescreen.models.incremental import Job, StreamFrames
 
 if TYPE_CHECKING:
@@ -87,6 +89,7 @@ class Result:
     calibrated: float  # > 0 is bona fide
     batch: int  # windows in the model call
     screen: float | None = None  # cascade: the cheap model's calibrated score
+    calibration: str = POOLED  # the bundle's calibration applied: a channel's, or pooled
 
 
 class StreamScorer(Protocol):
@@ -103,9 +106,13 @@ class Scorer(Protocol):
     input_samples: int
     stride: int | None
 
-    def submit(self, samples: np.ndarray) -> asyncio.Future[Result] | None: ...
+    def submit(
+        self, samples: np.ndarray, channel: str | None = None
+    ) -> asyncio.Future[Result] | None: ...
 
-    def open_stream(self) -> StreamScorer: ...
+    def open_stream(self, channel: str | None = None) -> StreamScorer: ...
+
+    def calibration(self, channel: str | None) -> tuple[ScoreSpec, str]: ...
 
 
 @dataclass
@@ -146,21 +153,25 @@ class _Item:
     samples: np.ndarray | Job
     future: asyncio.Future[Result]
     submitted: float  # loop time
+    spec: ScoreSpec  # calibrates its score
+    calibration: str  # the name of that calibration
 
 
 class WorkerStream:
     """A stream's handle on a worker (``InferenceWorker.open_stream``)."""
 
-    def __init__(self, worker: InferenceWorker) -> None:
+    def __init__(self, worker: InferenceWorker, channel: str | None = None) -> None:
         self.worker = worker
+        self.channel = channel
         self.frames = StreamFrames() if worker.takes_jobs else None
 
     def submit(self, window: StreamWindow) -> asyncio.Future[Result] | None:
         if self.frames is None:
-            return self.worker.submit(window.samples)
+            return self.worker.submit(window.samples, self.channel)
         audio = window.end - window.start  # less than the window when it is repeat-padded
         padded = audio if audio < window.samples.size else None
-        return self.worker.submit(Job(window.samples, window.start, self.frames, padded))
+        job = Job(window.samples, window.start, self.frames, padded)
+        return self.worker.submit(job, self.channel)
 
 
 class InferenceWorker:
@@ -185,6 +196,7 @@ class InferenceWorker:
         self.score_spec = score
         self.options = options or BatchOptions()
         self.metrics = WorkerMetrics()
+        self._specs: dict[str | None, tuple[ScoreSpec, str]] = {}
         self._queue: deque[_Item] = deque()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task | None = None
@@ -216,13 +228,23 @@ class InferenceWorker:
     def queued(self) -> int:
         return len(self._queue)
 
-    def open_stream(self) -> WorkerStream:
-        """A handle for one stream's windows (it holds what the runtime reuses between them)."""
-        return WorkerStream(self)
+    def open_stream(self, channel: str | None = None) -> WorkerStream:
+        """A handle for one stream's windows (it holds what the runtime reuses between them),
+        whose scores are calibrated for ``channel``."""
+        return WorkerStream(self, channel)
 
-    def submit(self, samples: np.ndarray | Job) -> asyncio.Future[Result] | None:
-        """Queue one (input_samples,) window (or, for a runtime that ``takes_jobs``, a ``Job``);
-        None when the queue is full and it was shed.
+    def calibration(self, channel: str | None) -> tuple[ScoreSpec, str]:
+        """The spec that calibrates ``channel``'s scores, and its name (``for_channel``)."""
+        found = self._specs.get(channel)
+        if found is None:
+            found = self._specs[channel] = self.score_spec.for_channel(channel)
+        return found
+
+    def submit(
+        self, samples: np.ndarray | Job, channel: str | None = None
+    ) -> asyncio.Future[Result] | None:
+        """Queue one (input_samples,) window (or, for a runtime that ``takes_jobs``, a ``Job``),
+        its score to be calibrated for ``channel``; None when the queue is full and it was shed.
 
         Call from the event loop's thread. Cancel the future to withdraw a window not yet run.
         """
@@ -240,14 +262,15 @@ class InferenceWorker:
             return None
         future = self._loop.create_future()
         payload = job if self.takes_jobs else job.samples
-        self._queue.append(_Item(payload, future, self._loop.time()))
+        spec, calibration = self.calibration(channel)
+        self._queue.append(_Item(payload, future, self._loop.time(), spec, calibration))
         if self._wake is not None and not self._wake.done() and len(self._queue) >= self._want:
             self._wake.set_result(None)
         return future
 
-    async def score(self, samples: np.ndarray) -> Result:
+    async def score(self, samples: np.ndarray, channel: str | None = None) -> Result:
         """Score one window, waiting for it; raises ``Overloaded`` when it was shed."""
-        future = self.submit(samples)
+        future = self.submit(samples, channel)
         if future is None:
             raise Overloaded(self.name, "queue full")
         return await future
@@ -361,14 +384,23 @@ class InferenceWorker:
             self.metrics.batches += 1
             self.metrics.batch_sizes[len(batch)] += 1
             self.metrics.busy_s += now - t0
-            calibrated = self.score_spec.calibrate(raw)
-            for item, r, c in zip(batch, raw, calibrated, strict=True):
+            for item, r in zip(batch, raw, strict=True):
                 if item.future.done():  # cancelled while it ran
                     self.metrics.cancelled += 1
                     continue
                 self.metrics.scored += 1
                 self.metrics.latencies.append(now - item.submitted)
-                item.future.set_result(Result(self.name, self.name, float(r), float(c), len(batch)))
+                calibrated = float(item.spec.calibrate(r))
+                item.future.set_result(
+                    Result(
+                        self.name,
+                        self.name,
+                        float(r),
+                        calibrated,
+                        len(batch),
+                        calibration=item.calibration,
+                    )
+                )
         finally:
             slots.release()
 
@@ -465,11 +497,20 @@ class Cascade:
         """The expert's: a cascade's verdicts are on the expert's calibrated scale."""
         return self.expert.score_spec
 
-    def submit(self, samples: np.ndarray) -> asyncio.Future[Result] | None:
-        return self._route(lambda: self.screen.submit(samples), lambda: self.expert.submit(samples))
+    def calibration(self, channel: str | None) -> tuple[ScoreSpec, str]:
+        """The expert's calibration for ``channel``."""
+        return self.expert.calibration(channel)
 
-    def open_stream(self) -> CascadeStream:
-        return CascadeStream(self)
+    def submit(
+        self, samples: np.ndarray, channel: str | None = None
+    ) -> asyncio.Future[Result] | None:
+        return self._route(
+            lambda: self.screen.submit(samples, channel),
+            lambda: self.expert.submit(samples, channel),
+        )
+
+    def open_stream(self, channel: str | None = None) -> CascadeStream:
+        return CascadeStream(self, channel)
 
     def _route(
         self,
@@ -524,12 +565,13 @@ class Cascade:
 
 
 class CascadeStream:
-    """A stream's handle on a cascade: a handle on each of its two workers."""
+    """A stream's handle on a cascade: a handle on each of its two workers (each calibrating for
+    the stream's channel, so the screen's band is judged on its channel's scale too)."""
 
-    def __init__(self, cascade: Cascade) -> None:
+    def __init__(self, cascade: Cascade, channel: str | None = None) -> None:
         self.cascade = cascade
-        self.screen = cascade.screen.open_stream()
-        self.expert = cascade.expert.open_stream()
+        self.screen = cascade.screen.open_stream(channel)
+        self.expert = cascade.expert.open_stream(channel)
 
     def submit(self, window: StreamWindow) -> asyncio.Future[Result] | None:
         return self.cascade._route(

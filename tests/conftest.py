@@ -81,14 +81,15 @@ def aasist_l_official(reference_dir: Path):
 @pytest.fixture(scope="session")
 def export_aasist_l(tmp_path_factory, aasist_l_official):
     """Export the official AASIST-L as a bundle (once per setting; exporting is the slow part):
-    ``export_aasist_l(threshold=0.0, scale=1.0, name="aasist-l", check_input=None)``."""
+    ``export_aasist_l(threshold=0.0, scale=1.0, name="aasist-l", check_input=None,
+    channels=None)`` (``channels``: ``{"narrowband": Calibration(...), ...}``)."""
     from voicescreen.models.bundle import export_bundle
     from voicescreen.models.registry import get_architecture
 
     made = {}
 
-    def export(threshold=0.0, scale=1.0, name="aasist-l", check_input=None):
-        key = (threshold, scale, name, check_input is None)
+    def export(threshold=0.0, scale=1.0, name="aasist-l", check_input=None, channels=None):
+        key = (threshold, scale, name, check_input is None, tuple(sorted((channels or {}).items())))
         if key not in made:
             made[key] = export_bundle(
                 aasist_l_official,
@@ -98,6 +99,7 @@ def export_aasist_l(tmp_path_factory, aasist_l_official):
                 name=name,
                 threshold=threshold,
                 scale=scale,
+                channels=channels,
                 check_input=check_input,
             )
         return made[key]

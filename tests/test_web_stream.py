@@ -111,7 +111,10 @@ def test_a_stream_scores_like_the_offline_scorer(server, scorer, clips, label):
     assert {m["stream"] for m in result.messages} == {f"call-{label}"}
     started = result.messages[0]
     assert started["format"] == {"encoding": "pcm16", "sample_rate": 16000, "channels": 1}
-    assert started["models"] == {"aasist-l": {"input_samples": 64600, "threshold": 0.5}}
+    assert started["models"] == {
+        "aasist-l": {"input_samples": 64600, "threshold": 0.5, "calibration": "pooled"}
+    }
+    assert started["channel"] == "wideband"  # 16 kHz PCM; the bundle has only its pooled one
     check_stream(result, offline)
 
 

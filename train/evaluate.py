@@ -36,10 +36,11 @@ from typing import Any
 
 import numpy as np
 
-from voicescreen.audio import load_audio, pad_repeat
+from voicescreen.audio import load_audio, measure_channel, pad_repeat
+from voicescreen.models.bundle import ScoreSpec
 from voicescreen.train.augment import channel as apply_channel
 from voicescreen.train.data import Utterance, balanced_subset, find_split, load_split
-from voicescreen.train.metrics import det_curve, eer, min_tdcf, rates_at, read_asv_scores
+from voicescreen.train.metrics import det_curve, eer, min_tdcf, read_asv_scores
 
 log = logging.getLogger(__name__)
 
@@ -118,14 +119,17 @@ class Figures:
     n_spoof: int
     eer: float
     eer_threshold: float
-    threshold: float  # the card's threshold
-    bonafide_accepted: float  # at the card's threshold
+    threshold: float  # the card's threshold (pooled over channels)
+    bonafide_accepted: float  # at the card's threshold (each clip's channel's, where given)
     spoof_rejected: float
     accuracy: float  # of the decisions at the card's threshold
     per_attack: dict[str, dict[str, float]] = field(default_factory=dict)
     min_tdcf: float | None = None
     tdcf_asv: str | None = None  # the ASV score file used
     tdcf_note: str | None = None
+    # clips judged at each of the card's calibrations (pooled, wideband, narrowband) and its
+    # threshold; empty when one threshold judged them all
+    calibrations: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -137,23 +141,33 @@ def compute_figures(
     threshold: float,
     asv_scores: str | Path | None = None,
     tdcf_note: str | None = None,
+    *,
+    calibrations: Sequence[tuple[str, float]] | None = None,
 ) -> Figures:
     """EER (and its threshold), rates and accuracy at ``threshold``, per-attack EER and spoof
-    rejection, and min t-DCF when ``asv_scores`` is given."""
+    rejection, and min t-DCF when ``asv_scores`` is given. ``calibrations``: per clip, the
+    name and threshold of the card's calibration that judges it (a channel's own), which then
+    stand in for ``threshold`` in the rates."""
     scores = np.asarray(scores, dtype=np.float64)
     labels = np.array([u.is_bonafide for u in utts])
     bona, spoof = scores[labels], scores[~labels]
     value, eer_threshold = eer(bona, spoof)
-    rates = rates_at(bona, spoof, threshold)
-    accuracy = float(np.mean((scores >= threshold) == labels))
+    cut = np.full(scores.shape, float(threshold))
+    used: dict[str, dict[str, float]] = {}
+    if calibrations is not None:
+        cut = np.array([t for _, t in calibrations], dtype=np.float64)
+        for name, t in calibrations:
+            used.setdefault(name, {"clips": 0, "threshold": t})["clips"] += 1
+    accept = scores >= cut
+    accuracy = float(np.mean(accept == labels))
     attacks = np.array([u.attack for u in utts])
     per_attack = {}
     for attack in sorted(set(attacks[~labels])):
-        s = scores[attacks == attack]
+        mine = attacks == attack
         per_attack[attack] = {
-            "n": int(s.size),
-            "eer": eer(bona, s)[0],
-            "spoof_rejected": float(np.mean(s < threshold)),
+            "n": int(mine.sum()),
+            "eer": eer(bona, scores[mine])[0],
+            "spoof_rejected": float(np.mean(~accept[mine])),
         }
     tdcf = None
     if asv_scores is not None:
@@ -164,10 +178,11 @@ def compute_figures(
         eer=value,
         eer_threshold=eer_threshold,
         threshold=float(threshold),
-        bonafide_accepted=rates["bonafide_accepted"],
-        spoof_rejected=rates["spoof_rejected"],
+        bonafide_accepted=float(np.mean(accept[labels])),
+        spoof_rejected=float(np.mean(~accept[~labels])),
         accuracy=accuracy,
         per_attack=per_attack,
+        calibrations=used,
         min_tdcf=tdcf,
         tdcf_asv=str(asv_scores) if asv_scores is not None else None,
         tdcf_note=tdcf_note if asv_scores is not None else None,
@@ -200,13 +215,19 @@ def read_score_file(path: str | Path) -> tuple[list[str], list[str], list[str], 
 
 
 def write_csv(
-    path: str | Path, utts: Sequence[Utterance], scores: np.ndarray, threshold: float, scale: float
+    path: str | Path,
+    utts: Sequence[Utterance],
+    scores: np.ndarray,
+    specs: Sequence[tuple[ScoreSpec, str]],
 ) -> None:
+    """Scores, calibrated by each clip's calibration (``specs``: a spec and its name per clip)."""
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["file", "speaker", "attack", "label", "score", "calibrated", "decision"])
-        for u, s in zip(utts, scores, strict=True):
-            cal = scale * (float(s) - threshold)
+        w.writerow(
+            ["file", "speaker", "attack", "label", "score", "calibrated", "decision", "calibration"]
+        )
+        for u, s, (spec, name) in zip(utts, scores, specs, strict=True):
+            cal = float(spec.calibrate(float(s)))
             w.writerow(
                 [
                     u.file,
@@ -216,6 +237,7 @@ def write_csv(
                     f"{float(s):.9g}",
                     f"{cal:.9g}",
                     "bonafide" if cal >= 0 else "spoof",
+                    name,
                 ]
             )
 
@@ -397,14 +419,16 @@ def evaluate(
     progress = sys.stderr.isatty() if progress is None else progress
     runtime = bundle.runtime(backend, threads=threads)
     spec = bundle.score
+    kinds: list[str] = []  # each window's kind of audio, whose calibration judges it
+
+    def run(x: np.ndarray) -> np.ndarray:
+        kinds.extend(measure_channel(w) for w in x)
+        return runtime(x)[1]
+
     scores = score_utterances(
-        lambda x: runtime(x)[1],
-        utts,
-        bundle.input_samples,
-        channel,
-        progress=progress,
-        desc=f"{split} ({channel})",
+        run, utts, bundle.input_samples, channel, progress=progress, desc=f"{split} ({channel})"
     )
+    specs = [spec.for_channel(k) for k in kinds]
 
     asv = Path(asv_scores) if asv_scores else find_asv_scores(data_root, split)
     note = None
@@ -414,7 +438,14 @@ def evaluate(
             "ASV system's fixed error rates (from their scores) with our countermeasure's rates "
             "on this corpus; compare it only with other figures computed the same way"
         )
-    figures = compute_figures(utts, scores, spec.threshold, asv, note)
+    figures = compute_figures(
+        utts,
+        scores,
+        spec.threshold,
+        asv,
+        note,
+        calibrations=[(name, s.threshold) for s, name in specs] if spec.channels else None,
+    )
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -427,9 +458,10 @@ def evaluate(
         "det": out / "det.png",
     }
     write_score_file(files["scores"], utts, scores)
-    write_csv(files["csv"], utts, scores, spec.threshold, spec.scale)
+    write_csv(files["csv"], utts, scores, specs)
     title = f"{bundle.name} on {split} ({channel})"
-    plot_histograms(files["hist"], utts, scores, spec.threshold, title)
+    most = Counter(name for _, name in specs).most_common(1)[0][0]
+    plot_histograms(files["hist"], utts, scores, spec.for_channel(most)[0].threshold, title)
     labels = np.array([u.is_bonafide for u in utts])
     plot_det(files["det"], {bundle.name: (scores[labels], scores[~labels])}, title)
     training = bundle.card.get("training") or {}
@@ -497,6 +529,11 @@ def _report_markdown(
         f"| bona fide accepted at the card's threshold | {_pct(f.bonafide_accepted)} |",
         f"| spoofs rejected at the card's threshold | {_pct(f.spoof_rejected)} |",
         f"| accuracy at the card's threshold | {_pct(f.accuracy)} |",
+        *(
+            f"| clips judged at the {name} calibration (threshold {c['threshold']:+.4f}) | "
+            f"{c['clips']} |"
+            for name, c in f.calibrations.items()
+        ),
         "",
         "## Per attack",
         "",

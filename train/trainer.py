@@ -43,6 +43,7 @@ import numpy as np
 from voicescreen.audio import load_audio, pad_repeat
 from voicescreen.models.registry import get_architecture
 from voicescreen.train.augment import rng_for
+from voicescreen.train.calibrate import Fitted, fit_scored, score_channels
 from voicescreen.train.data import Utterance, balanced_subset, load_split
 from voicescreen.train.evaluate import (
     compute_figures,
@@ -718,11 +719,12 @@ def calibrate(
     *,
     seed: int = 0,
     progress: bool = False,
-) -> tuple[float, float, dict[str, np.ndarray]]:
-    """The EER threshold of the dev scores pooled over ``channels`` (e.g. clean and mulaw), and a
-    logistic-regression scale (so that ``scale * (score - threshold)`` reads as a log-odds).
+) -> tuple[Fitted, dict[str, np.ndarray]]:
+    """Calibrations of the dev scores through ``channels`` (e.g. clean and mulaw): pooled over
+    them all (the EER threshold and a logistic-regression scale, so that ``scale * (score -
+    threshold)`` reads as a log-odds) and per kind of audio (``train.calibrate``).
 
-    Returns (threshold, scale, scores per channel)."""
+    Returns the fitted calibrations and the scores per channel."""
     from voicescreen.models.bundle import export_onnx
     from voicescreen.models.runtime import OnnxRuntime
 
@@ -730,31 +732,10 @@ def calibrate(
     # times faster than eager PyTorch on CPU).
     convention = get_architecture(architecture).score
     runtime = OnnxRuntime(export_onnx(model.eval(), convention, samples), samples, name="calibrate")
-
-    def run(x: np.ndarray) -> np.ndarray:
-        return runtime(x)[1]
-
-    per_channel = {
-        ch: score_utterances(run, dev, samples, ch, progress=progress, desc=f"calibrate ({ch})")
-        for ch in channels
-    }
-    labels = np.array([u.is_bonafide for u in dev] * len(channels))
-    pooled = np.concatenate([per_channel[ch] for ch in channels])
-    _, threshold = eer(pooled[labels], pooled[~labels])
-    return threshold, fit_scale(pooled - threshold, labels), per_channel
-
-
-def fit_scale(centred: np.ndarray, labels: np.ndarray) -> float:
-    """The slope of a logistic regression of the labels on the centred scores (1.0 if the fit
-    gives no positive slope)."""
-    from sklearn.linear_model import LogisticRegression
-
-    if centred.std() == 0:
-        return 1.0
-    lr = LogisticRegression(C=1e4, fit_intercept=False)
-    lr.fit(centred.reshape(-1, 1), labels.astype(int))
-    slope = float(lr.coef_[0, 0])
-    return slope if math.isfinite(slope) and slope > 0 else 1.0
+    per_channel, kinds = score_channels(
+        lambda x: runtime(x)[1], dev, samples, channels, progress=progress
+    )
+    return fit_scored(dev, per_channel, kinds), per_channel
 
 
 def export_trained(
@@ -777,9 +758,10 @@ def export_trained(
     config = recipe.model_config()
     samples = arch.input_samples(config)
     model = model.cpu().eval()
-    threshold, scale, per_channel = calibrate(
+    fitted, per_channel = calibrate(
         model, recipe.architecture, samples, dev, recipe.calibration, progress=progress
     )
+    threshold, scale = fitted.pooled.threshold, fitted.pooled.scale
     asv = find_asv_scores(data_root, "dev")
     note = None if is_asvspoof2019(data_root, "dev") else "ASVspoof 2019 ASV rates, other corpus"
     dev_metrics: dict[str, Any] = {
@@ -787,6 +769,7 @@ def export_trained(
         "channels": list(recipe.calibration),
         "threshold": threshold,
         "scale": scale,
+        "calibration": fitted.to_dict(),
     }
     for ch, scores in per_channel.items():
         f = compute_figures(dev, scores, threshold, asv, note)
@@ -831,6 +814,7 @@ def export_trained(
         name=name or f"{recipe.name}-{Path(data_root).resolve().name}-seed{recipe.seed}",
         threshold=threshold,
         scale=scale,
+        channels=fitted.channels,
         provenance=provenance,
         training=training,
         metrics=metrics,

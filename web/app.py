@@ -38,7 +38,7 @@ from fastapi.responses import (
 from fastapi.staticfiles import StaticFiles
 
 import voicescreen
-from voicescreen.audio import HOP_SECONDS, SAMPLE_RATE, AudioError, load_audio
+from voicescreen.audio import CHANNELS, HOP_SECONDS, SAMPLE_RATE, AudioError, read_audio
 from voicescreen.models.runtime import describe
 from voicescreen.stream import Cascade
 from voicescreen.web.auth import origin_ok, presented_token, token_ok
@@ -177,7 +177,9 @@ def create_app(config: ServerConfig) -> FastAPI:
         summary="Score an audio file",
         description=(
             "Upload a WAV/FLAC/OGG file (multipart field `file`, or the raw file as the body); "
-            "get the same JSON as `voicescreen score --json --windows`."
+            "get the same JSON as `voicescreen score --json --windows`. `channel` "
+            "(`wideband` or `narrowband`) picks the bundle's calibration for that kind of "
+            "audio; left out, it is measured from the file's sample rate and bandwidth."
         ),
         openapi_extra={
             "requestBody": {
@@ -196,7 +198,10 @@ def create_app(config: ServerConfig) -> FastAPI:
         },
     )
     async def score(
-        request: Request, model: str | None = None, hop: float = HOP_SECONDS
+        request: Request,
+        model: str | None = None,
+        hop: float = HOP_SECONDS,
+        channel: str | None = None,
     ) -> dict[str, Any]:
         check_access(request)
         name = model or state.default_model
@@ -204,9 +209,13 @@ def create_app(config: ServerConfig) -> FastAPI:
             raise HttpError(404, "unknown_model", f"no model {name!r}; have {list(state.workers)}")
         if not MIN_HOP <= hop <= 60:
             raise HttpError(422, "bad_request", f"hop must be {MIN_HOP}-60 s, got {hop}")
+        if channel is not None and channel not in CHANNELS:
+            raise HttpError(
+                422, "bad_request", f"channel must be one of {list(CHANNELS)}, got {channel[:40]!r}"
+            )
         filename, data = await read_upload(request, config.max_upload_bytes)
         async with state.score_slots:
-            result = await _score_bytes(state, name, filename, data, hop)
+            result = await _score_bytes(state, name, filename, data, hop, channel)
         state.metrics.score_requests["200"] += 1
         return result
 
@@ -362,7 +371,7 @@ async def read_upload(request: Request, limit: int) -> tuple[str, bytes]:
 
 
 async def _score_bytes(
-    state: AppState, model: str, filename: str, data: bytes, hop: float
+    state: AppState, model: str, filename: str, data: bytes, hop: float, channel: str | None
 ) -> dict[str, Any]:
     def work() -> dict[str, Any]:
         import soundfile as sf
@@ -386,10 +395,12 @@ async def _score_bytes(
                     f"{seconds:.0f} s of audio; the limit is {state.config.max_upload_seconds:g} s",
                 )
             try:
-                x = load_audio(path)
+                x, rate = read_audio(path)
             except AudioError as e:
                 raise AudioError(str(e).replace(path, filename)) from None
-            return state.scorer(model).score_signal(x, filename, hop).to_dict(windows=True)
+            scorer = state.scorer(model)
+            result = scorer.score_signal(x, filename, hop, rate=rate, channel=channel)
+            return result.to_dict(windows=True)
         finally:
             with contextlib.suppress(OSError):
                 os.unlink(path)

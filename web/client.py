@@ -75,8 +75,10 @@ def pcm_messages(
     models: list[str] | None = None,
     stream_id: str | None = None,
     stop: bool = True,
+    channel: str | None = None,
 ) -> list[Outgoing]:
-    """``/v1/stream`` messages for a file: ``start``, audio frames of ``chunk_ms``, ``stop``.
+    """``/v1/stream`` messages for a file: ``start``, audio frames of ``chunk_ms``, ``stop``;
+    ``channel`` (wideband or narrowband) declared in the start when given.
 
     PCM16 and float32 go at the file's own rate and channels (resampled to 16 kHz mono when the
     rate is not one a server takes); mu-law and A-law at 8 kHz mono, as telephony sends them."""
@@ -109,6 +111,8 @@ def pcm_messages(
         start["models"] = list(models)
     if stream_id:
         start["stream_id"] = stream_id
+    if channel:
+        start["channel"] = channel
     out: list[Outgoing] = [(start, 0.0)]
     out += [
         (data[i : i + step], len(data[i : i + step]) / width / rate)
@@ -240,10 +244,16 @@ def tap_messages(
     chunk_ms: float = 20.0,
     models: list[str] | None = None,
     stream_id: str | None = None,
+    channel: str | None = None,
 ) -> Iterator[Outgoing]:
     if twilio:
         yield from twilio_messages({"inbound": mulaw_frames(path)})
     else:
         yield from pcm_messages(
-            path, encoding=encoding, chunk_ms=chunk_ms, models=models, stream_id=stream_id
+            path,
+            encoding=encoding,
+            chunk_ms=chunk_ms,
+            models=models,
+            stream_id=stream_id,
+            channel=channel,
         )

@@ -267,6 +267,7 @@ def cmd_tap(args: argparse.Namespace) -> int:
                 chunk_ms=args.chunk_ms,
                 models=list(_csv(args.models)) or None,
                 stream_id=args.stream_id,
+                channel=args.channel,
             )
         )
     except (AudioError, OSError, RuntimeError) as e:
@@ -306,7 +307,7 @@ def cmd_tap(args: argparse.Namespace) -> int:
 
 def add_parsers(subparsers: Any) -> None:
     """Register ``serve`` and ``tap`` on the CLI's subparsers."""
-    from voicescreen.audio import HOP_SECONDS
+    from voicescreen.audio import CHANNELS, HOP_SECONDS
     from voicescreen.cli import add_runtime_arguments
     from voicescreen.stream import BatchOptions, VadOptions
     from voicescreen.stream.backends import BACKENDS
@@ -446,6 +447,12 @@ def add_parsers(subparsers: Any) -> None:
     t.add_argument("--chunk-ms", type=float, default=20.0, help="audio per frame (ms)")
     t.add_argument("--models", help="comma-separated models to score with (default: all)")
     t.add_argument("--stream-id", help="the stream id to ask for")
+    t.add_argument(
+        "--channel",
+        choices=CHANNELS,
+        help="declare the audio wideband or narrowband (default: the server decides from the "
+        "format; not with --twilio, which is narrowband)",
+    )
     t.add_argument("--token", help=f"bearer token (or ${TOKEN_ENV})")
     t.add_argument("--json", action="store_true", help="print each message as one JSON line")
     t.set_defaults(func=cmd_tap)

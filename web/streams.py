@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from voicescreen.audio import CHANNELS
 from voicescreen.stream import (
     AudioFormat,
     DecodeError,
@@ -90,9 +91,10 @@ class StreamStart:
     format: AudioFormat
     models: tuple[str, ...] | None = None  # None: every model the server serves
     stream_id: str | None = None
+    channel: str | None = None  # wideband / narrowband as declared; None: what the format implies
 
 
-START_FIELDS = ("type", "sample_rate", "encoding", "channels", "stream_id", "models")
+START_FIELDS = ("type", "sample_rate", "encoding", "channels", "stream_id", "models", "channel")
 
 
 def check_stream_id(value: Any) -> str:
@@ -153,10 +155,16 @@ def parse_start(
         raise StreamError("bad_start", str(e)) from None
     models = message.get("models")
     stream_id = message.get("stream_id")
+    channel = message.get("channel")
+    if channel is not None and channel not in CHANNELS:
+        raise StreamError(
+            "bad_start", f"channel must be one of {list(CHANNELS)}, got {str(channel)[:40]!r}"
+        )
     return StreamStart(
         fmt,
         None if models is None else check_models(models, known),
         None if stream_id is None else check_stream_id(stream_id),
+        channel,
     )
 
 
@@ -256,8 +264,13 @@ class Streams:
         await asyncio.sleep(wait)
 
     def session(
-        self, fmt: AudioFormat, models: tuple[str, ...] | None, stream_id: str | None
+        self,
+        fmt: AudioFormat,
+        models: tuple[str, ...] | None,
+        stream_id: str | None,
+        channel: str | None = None,
     ) -> Session:
+        """A session for a new stream; ``channel`` None: the one ``fmt`` implies."""
         names = models or tuple(self.workers)
         return Session(
             {name: self.workers[name] for name in names},
@@ -266,6 +279,7 @@ class Streams:
             vad=self.config.vad,
             smoothing=self.config.smoothing,
             stream_id=stream_id,
+            channel=channel,
         )
 
     def started(self, session: Session, models: tuple[str, ...] | None) -> dict[str, Any]:
@@ -274,12 +288,9 @@ class Streams:
             "type": "started",
             "stream": session.stream_id,
             "models": {
-                name: {
-                    "input_samples": self.workers[name].input_samples,
-                    "threshold": self.workers[name].score_spec.threshold,
-                }
-                for name in models or self.workers
+                name: self._model_start(name, session.channel) for name in models or self.workers
             },
+            "channel": session.channel,
             "format": {
                 "encoding": session.format.encoding,
                 "sample_rate": session.format.sample_rate,
@@ -291,6 +302,14 @@ class Streams:
                 "enter": self.config.smoothing.enter,
                 "leave": self.config.smoothing.leave,
             },
+        }
+
+    def _model_start(self, name: str, channel: str) -> dict[str, Any]:
+        spec, calibration = self.workers[name].calibration(channel)
+        return {
+            "input_samples": self.workers[name].input_samples,
+            "threshold": spec.threshold,
+            "calibration": calibration,
         }
 
     async def relay(

@@ -242,7 +242,9 @@ async def run_stream(peer: Peer, state: AppState) -> None:
     except StreamError as e:
         await peer.refuse(e)
         return
-    session = state.streams.session(start.format, start.models, start.stream_id or peer.id)
+    session = state.streams.session(
+        start.format, start.models, start.stream_id or peer.id, start.channel
+    )
     with contextlib.suppress(ClientGone):
         await peer.send_json(state.streams.started(session, start.models))
     await drive(peer, session, "stream", pump(peer, session, _deadline(state)), peer.send_event)
