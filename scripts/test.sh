@@ -8,8 +8,13 @@ cd "$root"
 # System packages the tests drive for real (installed only where missing; needs root or sudo).
 need_apt=()
 # chromium: the demo page test; pulseaudio + ALSA's pulse plugin + PortAudio: the monitor's real
-# audio device; tmux: the monitor's terminal view; g++: torch inductor (--fast-path bf16).
-apt_packages=(chromium pulseaudio pulseaudio-utils libasound2-plugins libportaudio2 tmux g++)
+# audio device; tmux: the monitor's terminal view; g++: torch inductor (--fast-path bf16);
+# espeak-ng, festival and its voices: the corpus build's spoofs (the 8 kHz kal/ked voices conflict
+# with the 16 kHz ones and are fetched by `apt-get download` instead).
+apt_packages=(chromium pulseaudio pulseaudio-utils libasound2-plugins libportaudio2 tmux g++
+    espeak-ng festival festvox-kallpc16k festvox-kdlpc16k festvox-czech-dita festvox-czech-krb
+    festvox-czech-machac festvox-czech-ph festvox-suopuhe-lj festvox-suopuhe-mv festvox-itapc16k
+    festvox-italp16k festvox-ru festvox-hi-nsk festvox-mr-nsk festvox-te-nsk festvox-ca-ona-hts)
 for pkg in "${apt_packages[@]}"; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done

@@ -1,10 +1,12 @@
-"""The ``train``, ``eval`` and ``explain`` subcommands; ``cli.py`` calls ``add_parsers``.
+"""The ``train``, ``eval``, ``explain`` and ``data build`` subcommands; ``cli.py`` calls
+``add_parsers``.
 
     voicescreen train aasist-l --data-root ../shared/data --out runs/aasist-l \\
         --init ../shared/reference/aasist/AASIST-L.pth --export runs/aasist-l/bundle
     voicescreen eval --bundle runs/aasist-l/bundle --data-root ../shared/data --split eval \\
         --out runs/aasist-l/eval
     voicescreen explain clip.flac --bundle runs/aasist-l/bundle --out runs/aasist-l/explain
+    voicescreen data build runs/corpus-v2 --size small --seed 0
 """
 
 from __future__ import annotations
@@ -166,11 +168,41 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- voicescreen data build -------------------------------------------------------------------
+
+
+def cmd_data_build(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from voicescreen.train.corpus import BuildOptions, RenderError, build
+    from voicescreen.train.synth import MissingTool
+
+    opts = BuildOptions(
+        size=args.size,
+        seed=args.seed,
+        cache=Path(args.cache).expanduser(),
+        jobs=args.jobs,
+        progress=_progress(args),
+    )
+    try:
+        result = build(args.out, opts)
+    except (MissingTool, RenderError, ValueError, OSError) as e:
+        return _fail(f"data build: {e}")
+    recipes = result.plan.recipes
+    eers = ", ".join(f"{k} {100 * v:.1f} %" for k, v in result.eers.items())
+    print(
+        f"{len(recipes)} clips ({sum(r.label == 'bonafide' for r in recipes)} bona fide) in "
+        f"{result.out}, {result.rendered} rendered, {result.wall_s:.0f} s; single-feature EERs: "
+        f"{eers}"
+    )
+    return 0
+
+
 # --- parsers -----------------------------------------------------------------------------------
 
 
 def add_parsers(subparsers: argparse._SubParsersAction) -> None:
-    """Register ``train``, ``eval`` and ``explain`` on the ``voicescreen`` parser."""
+    """Register ``train``, ``eval``, ``explain`` and ``data`` on the ``voicescreen`` parser."""
     from voicescreen.train.augment import CHANNELS, PRESETS
     from voicescreen.train.recipes import RECIPES
 
@@ -276,6 +308,24 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--out", required=True, help="folder for the PNGs and arrays")
     s.set_defaults(func=cmd_explain)
 
+    from voicescreen.train.corpus import DEFAULT_CACHE, SIZES
+
+    data = subparsers.add_parser("data", help="build corpora")
+    actions = data.add_subparsers(dest="action", required=True, metavar="ACTION")
+    s = actions.add_parser(
+        "build",
+        help="build corpus v2 (bona fide from Debian packages, spoofs from TTS and vocoders)",
+        description="Plan, render (cached, resumable) and write an ASVspoof-layout corpus with "
+        "sources.tsv and a README; deterministic from the seed.",
+    )
+    s.add_argument("out", help="output folder (created, or replaced if it holds a corpus)")
+    s.add_argument("--size", choices=list(SIZES), default="small")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--cache", default=str(DEFAULT_CACHE), help="packages and rendered clips")
+    s.add_argument("--jobs", type=int, default=0, help="render processes (0: one per CPU)")
+    s.add_argument("--no-progress", action="store_true")
+    s.set_defaults(func=cmd_data_build)
+
 
 def main(argv: list[str] | None = None) -> int:
     """Run one of these subcommands alone (``python -m voicescreen.train.commands ...``)."""
@@ -292,4 +342,12 @@ if __name__ == "__main__":
     sys.exit(main())
 
 
-__all__ = ["add_parsers", "cmd_eval", "cmd_explain", "cmd_train", "main", "recipe_from_args"]
+__all__ = [
+    "add_parsers",
+    "cmd_data_build",
+    "cmd_eval",
+    "cmd_explain",
+    "cmd_train",
+    "main",
+    "recipe_from_args",
+]
