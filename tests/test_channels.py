@@ -313,3 +313,18 @@ def test_eval_judges_each_clip_at_its_channel_threshold() -> None:
         "narrowband": {"clips": 2, "threshold": -1.5},
     }
     assert per.eer == one.eer  # the EER is the model's, whatever the calibration
+
+
+def test_the_fit_reports_each_channel_at_the_pooled_and_its_own_threshold() -> None:
+    labels = np.array([True] * 12 + [False] * 12 + [True] * 12 + [False] * 12)
+    kinds = np.array([WIDEBAND] * 24 + [NARROWBAND] * 24)
+    # wideband separates at 0, narrowband at -2: the pooled threshold lies between
+    scores = np.concatenate([np.linspace(0.5, 3, 12), np.linspace(-3, -0.5, 12)])
+    scores = np.concatenate([scores, scores - 2.0])
+    f = fit_channels(scores, labels, kinds).figures
+    assert f[WIDEBAND]["eer"] == f[NARROWBAND]["eer"] == 0.0
+    for kind in (WIDEBAND, NARROWBAND):
+        assert f[kind]["bonafide_accepted_at_own"] == f[kind]["spoof_rejected_at_own"] == 1.0
+    # at the pooled threshold (between the two) wideband spoofs pass or narrowband humans fail
+    paid = (f[WIDEBAND]["spoof_rejected_at_pooled"], f[NARROWBAND]["bonafide_accepted_at_pooled"])
+    assert min(paid) < 1.0

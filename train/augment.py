@@ -441,13 +441,81 @@ MOBILE = "mobile"
 CHANNELS = ("clean", "mulaw", "alaw", *AV_CODECS, "gsm", MOBILE)
 
 
+# The channels validation runs through: wideband and telephone codecs, and Opus from narrow to
+# wide bit rates (``NAME@RATE`` names a PyAV codec at a bit rate, in b/s or with a ``k``).
+VALIDATION_CHANNELS = (
+    "clean", "g722", "mulaw", "alaw", "gsm", "amr-nb", "opus@8k", "opus@16k", "opus@24k",
+)  # fmt: skip
+
+
+def parse_channel(spec: str) -> tuple[str, int | None]:
+    """A channel name and its bit rate: ``opus@8k`` -> (``opus``, 8000); ``mulaw`` -> (``mulaw``,
+    None). Only the PyAV codecs take a bit rate."""
+    name, at, rate = spec.partition("@")
+    if name not in CHANNELS:
+        raise ValueError(f"unknown channel {name!r}; use one of {list(CHANNELS)}")
+    if not at:
+        return name, None
+    if name not in AV_CODECS:
+        raise ValueError(f"channel {spec!r}: only {list(AV_CODECS)} take a bit rate")
+    text = rate.lower().removesuffix("k")
+    try:
+        bit_rate = int(float(text) * (1000 if rate.lower().endswith("k") else 1))
+    except ValueError:
+        raise ValueError(f"channel {spec!r}: bit rate {rate!r} is not a number") from None
+    if bit_rate <= 0:
+        raise ValueError(f"channel {spec!r}: bit rate must be positive")
+    return name, bit_rate
+
+
+def channel_available(spec: str) -> bool:
+    """Whether this machine can run channel ``spec`` (a PyAV codec needs FFmpeg's encoder)."""
+    name, _ = parse_channel(spec)
+    return name not in AV_CODECS or av_available(name)
+
+
+def describe_channel(spec: str) -> dict[str, Any]:
+    """What channel ``spec`` really runs here: codec implementation, rate and bit rate; raises
+    RuntimeError when this machine does not have it (never a silent substitute)."""
+    name, bit_rate = parse_channel(spec)
+    if name in AV_CODECS:
+        if not av_available(name):
+            raise RuntimeError(
+                f"channel {spec}: PyAV with FFmpeg's {AV_CODECS[name].encoder} is not available"
+            )
+        import av
+
+        codec = AV_CODECS[name]
+        if bit_rate is None and codec.bit_rates:
+            bit_rate = codec.bit_rates[len(codec.bit_rates) // 2]
+        avcodec = ".".join(str(v) for v in av.library_versions.get("libavcodec", ()))
+        return {
+            "codec": name,
+            "implementation": f"FFmpeg {codec.encoder}/{codec.decoder} via PyAV {av.__version__}"
+            + (f" (libavcodec {avcodec})" if avcodec else ""),
+            "rate": codec.rate,
+            "bit_rate": bit_rate,
+        }
+    what = {
+        "clean": ("none", "unchanged", SAMPLE_RATE),
+        "mulaw": ("G.711 mu-law", "voicescreen.stream.codecs tables", TELEPHONE_RATE),
+        "alaw": ("G.711 A-law", "voicescreen.stream.codecs tables", TELEPHONE_RATE),
+        "gsm": ("GSM 06.10", "libsndfile via soundfile", TELEPHONE_RATE),
+        MOBILE: ("GSM 06.10 then G.711 mu-law", "libsndfile, then our tables", TELEPHONE_RATE),
+    }[name]
+    return {"codec": what[0], "implementation": what[1], "rate": what[2], "bit_rate": None}
+
+
 def channel(
     x: np.ndarray, name: str, rng: np.random.Generator | None = None, bit_rate: int | None = None
 ) -> np.ndarray:
     """``x`` through the named channel: ``clean`` (unchanged), ``mulaw``/``alaw`` (8 kHz G.711
     telephone), a PyAV codec (``opus``, ``g722``, ``amr-nb``) at ``bit_rate`` (drawn from the
-    codec's rates with ``rng`` when given, else its middle rate), ``gsm`` (GSM 06.10 full rate at
-    8 kHz), or ``mobile`` (GSM 06.10, then the mu-law telephone channel)."""
+    codec's rates with ``rng`` when given, else its middle rate; ``opus@8k`` names one), ``gsm``
+    (GSM 06.10 full rate at 8 kHz), or ``mobile`` (GSM 06.10, then the mu-law telephone
+    channel)."""
+    if "@" in name:
+        name, bit_rate = parse_channel(name)
     if name == "clean":
         return np.asarray(x, dtype=np.float32)
     if name == "gsm":
@@ -589,6 +657,7 @@ __all__ = [
     "AV_CODECS",
     "CHANNELS",
     "PRESETS",
+    "VALIDATION_CHANNELS",
     "Augment",
     "CodecOptions",
     "GainOptions",
@@ -598,10 +667,13 @@ __all__ = [
     "apply_gain",
     "av_available",
     "channel",
+    "channel_available",
     "codec_round_trip",
     "coloured_noise",
+    "describe_channel",
     "g711_round_trip",
     "gsm_round_trip",
+    "parse_channel",
     "rawboost",
     "rawboost_isd",
     "rawboost_lnl",

@@ -23,16 +23,16 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from voicescreen.audio import CHANNELS, measure_channel
+from voicescreen.audio import CHANNELS
 from voicescreen.models.bundle import Calibration
 from voicescreen.train.data import Utterance
-from voicescreen.train.metrics import eer
+from voicescreen.train.metrics import eer, rates_at
 
 log = logging.getLogger(__name__)
 
@@ -63,17 +63,21 @@ def fit(scores: np.ndarray, labels: np.ndarray) -> Calibration:
 @dataclass(frozen=True)
 class Fitted:
     """The calibrations fitted on one set of scores: ``pooled`` over everything, one per kind
-    of audio that had enough scores, and the counts (bona fide, spoof) of every kind seen."""
+    of audio that had enough scores, the counts (bona fide, spoof) of every kind seen, and per
+    kind its EER and the rates at the pooled threshold and at its own (in-sample: on the scores
+    the thresholds were fitted on)."""
 
     pooled: Calibration
     channels: dict[str, Calibration]
     counts: dict[str, tuple[int, int]]
+    figures: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "pooled": self.pooled.to_dict(),
             "channels": {k: c.to_dict() for k, c in self.channels.items()},
             "counts": {k: {"bonafide": b, "spoof": s} for k, (b, s) in self.counts.items()},
+            "figures": self.figures,
             "min_scores": MIN_SCORES,
         }
 
@@ -89,7 +93,8 @@ def fit_channels(scores: np.ndarray, labels: np.ndarray, kinds: Sequence[str]) -
             f"scores, labels and kinds differ in shape: {scores.shape}, "
             f"{labels.shape}, {kinds.shape}"
         )
-    channels, counts = {}, {}
+    pooled = fit(scores, labels)
+    channels, counts, figures = {}, {}, {}
     for kind in CHANNELS:
         mine = kinds == kind
         if not mine.any():
@@ -97,7 +102,13 @@ def fit_channels(scores: np.ndarray, labels: np.ndarray, kinds: Sequence[str]) -
         bona, spoof = int((labels & mine).sum()), int((~labels & mine).sum())
         counts[kind] = (bona, spoof)
         if min(bona, spoof) >= MIN_SCORES:
-            channels[kind] = fit(scores[mine], labels[mine])
+            channels[kind] = own = fit(scores[mine], labels[mine])
+            b, s = scores[mine & labels], scores[mine & ~labels]
+            figures[kind] = {
+                "eer": eer(b, s)[0],
+                **{f"{k}_at_pooled": v for k, v in rates_at(b, s, pooled.threshold).items()},
+                **{f"{k}_at_own": v for k, v in rates_at(b, s, own.threshold).items()},
+            }
         else:
             log.warning(
                 "%s audio: %d bona fide and %d spoof scores, under %d each: no calibration of "
@@ -107,7 +118,7 @@ def fit_channels(scores: np.ndarray, labels: np.ndarray, kinds: Sequence[str]) -
                 spoof,
                 MIN_SCORES,
             )
-    return Fitted(fit(scores, labels), channels, counts)
+    return Fitted(pooled, channels, counts, figures)
 
 
 def score_channels(
@@ -124,16 +135,16 @@ def score_channels(
 
     scores, kinds = {}, {}
     for ch in channels:
-        measured: list[str] = []
-
-        def run(x: np.ndarray, measured: list[str] = measured) -> np.ndarray:
-            measured.extend(measure_channel(w) for w in x)
-            return score_fn(x)
-
+        kinds[ch] = []
         scores[ch] = score_utterances(
-            run, utts, samples, ch, progress=progress, desc=f"calibrate ({ch})"
+            score_fn,
+            utts,
+            samples,
+            ch,
+            progress=progress,
+            desc=f"calibrate ({ch})",
+            kinds=kinds[ch],
         )
-        kinds[ch] = measured
     return scores, kinds
 
 

@@ -119,14 +119,31 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from voicescreen.models.store import resolve_bundle
     from voicescreen.train.data import ProtocolError
     from voicescreen.train.evaluate import evaluate
+    from voicescreen.train.grouped import BootstrapOptions
 
+    split = args.split
+    if args.folds and split is not None:
+        return _fail("--folds scores the folds' held-out parts of train and dev; drop --split")
+    if not args.folds and split is None:
+        split = "eval"
     try:
+        channels = _channels(args.channels) if args.channels else None
+        by = [k.strip() for k in args.by.split(",") if k.strip()] if args.by else []
+        folds = None
+        if args.folds:
+            from voicescreen.train.folds import parse_folds
+
+            folds = parse_folds(args.data_root, args.folds)
         bundle = resolve_bundle(args.bundle)
         result = evaluate(
             bundle,
             args.data_root,
-            args.split,
+            split,
             args.out,
+            channels=channels,
+            by=by,
+            folds=folds,
+            bootstrap=BootstrapOptions(args.bootstrap, seed=args.seed),
             backend=args.backend,
             channel=args.channel,
             asv_scores=args.asv_scores,
@@ -141,11 +158,32 @@ def cmd_eval(args: argparse.Namespace) -> int:
     f = result.figures
     tdcf = "n/a" if f.min_tdcf is None else f"{f.min_tdcf:.4f}"
     print(
-        f"{args.split}: EER {100 * f.eer:.2f} %, min t-DCF {tdcf}, at threshold "
+        f"{split or 'folds'}: EER {100 * f.eer:.2f} %, min t-DCF {tdcf}, at threshold "
         f"{f.threshold:+.4f}: bona fide accepted {100 * f.bonafide_accepted:.1f} %, spoofs "
         f"rejected {100 * f.spoof_rejected:.1f} %  -> {result.files['report']}"
     )
     return 0
+
+
+def _channels(spec: str) -> list[str]:
+    """``--channels``: channel names (``opus@8k`` for a bit rate), and ``validation``: the
+    validation set less the codecs this machine's FFmpeg lacks, each left out with a warning
+    (the report lists the codecs that ran). A codec named alone must be there: the evaluation
+    refuses it otherwise, never substituting another."""
+    from voicescreen.train.augment import VALIDATION_CHANNELS, channel_available, parse_channel
+
+    out: list[str] = []
+    for item in (s.strip() for s in spec.split(",")):
+        if item == "validation":
+            for c in VALIDATION_CHANNELS:
+                if channel_available(c):
+                    out.append(c)
+                else:
+                    log.warning("channel %s left out: this machine's FFmpeg lacks its codec", c)
+        elif item:
+            parse_channel(item)  # a bad name fails here, with the known ones
+            out.append(item)
+    return list(dict.fromkeys(out))
 
 
 # --- voicescreen explain -----------------------------------------------------------------------
@@ -280,13 +318,40 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     )
     s.add_argument("--bundle", help="bundle path or installed name (default: the shipped one)")
     s.add_argument("--data-root", required=True)
-    s.add_argument("--split", choices=["dev", "eval", "train"], default="eval")
+    s.add_argument(
+        "--split", choices=["dev", "eval", "train"], help="split to score (default: eval)"
+    )
     s.add_argument("--out", required=True, help="report folder")
     s.add_argument(
         "--channel",
         choices=list(CHANNELS),
         default="clean",
         help="pass each clip through this codec before scoring",
+    )
+    s.add_argument(
+        "--channels",
+        metavar="CH[,CH]",
+        help="score every clip through each of these channels (e.g. clean,mulaw,opus@8k; "
+        "'validation' for clean, G.722, mu-law, A-law, GSM, AMR-NB and Opus 8/16/24 kb/s)",
+    )
+    s.add_argument(
+        "--by",
+        metavar="KIND[,KIND]",
+        help="report per group with bootstrap intervals: fold, channel, attack, and from "
+        "sources.tsv family, system, language, package, speaker, recording",
+    )
+    s.add_argument(
+        "--folds",
+        metavar="KIND|FOLD[,...]",
+        help="score the held-out parts of these folds of train+dev instead of a split: kinds "
+        "(family, system, package, language, speaker) or single folds (family=hmm)",
+    )
+    s.add_argument(
+        "--bootstrap",
+        type=int,
+        default=1000,
+        metavar="N",
+        help="bootstrap resamples for the grouped intervals (0: none)",
     )
     s.add_argument(
         "--asv-scores",

@@ -1038,13 +1038,23 @@ def build(out: str | Path, opts: BuildOptions) -> BuildResult:
     eers = feature_eers(out)
     cost: dict[str, list[float]] = defaultdict(list)
     for r in recipes:
-        meta = clip_path(opts.cache, r.key).with_suffix(".json")
-        if meta.is_file():
-            cost[r.system].append(json.loads(meta.read_text())["seconds"])
+        seconds = _recorded_cost(clip_path(opts.cache, r.key).with_suffix(".json"))
+        if seconds is not None:
+            cost[r.system].append(seconds)
     cpu = {k: float(np.mean(v)) for k, v in sorted(cost.items())}
     result = BuildResult(out, the_plan, len(todo), cpu, time.monotonic() - started, eers, files)
     files["readme"] = write_readme(result, opts)
     return result
+
+
+def _recorded_cost(meta: Path) -> float | None:
+    """The render cost a cached clip's sidecar recorded; None when it has none (a sidecar from
+    an older build, or an unreadable one: the clip itself is still good)."""
+    try:
+        seconds = json.loads(meta.read_text()).get("seconds")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return float(seconds) if isinstance(seconds, int | float) else None
 
 
 def write_corpus(out: Path, recipes: Sequence[Recipe], cache: Path) -> dict[str, Path]:

@@ -29,7 +29,7 @@ import logging
 import os
 import sys
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,7 +39,10 @@ import numpy as np
 from voicescreen.audio import load_audio, measure_channel, pad_repeat
 from voicescreen.models.bundle import ScoreSpec
 from voicescreen.train.augment import channel as apply_channel
+from voicescreen.train.augment import describe_channel
 from voicescreen.train.data import Utterance, balanced_subset, find_split, load_split
+from voicescreen.train.folds import POOL_SPLITS, Fold, group_of, known_kinds, read_sources
+from voicescreen.train.grouped import BootstrapOptions, group_figures, markdown_table, rows_by_value
 from voicescreen.train.metrics import det_curve, eer, min_tdcf, read_asv_scores
 
 log = logging.getLogger(__name__)
@@ -58,13 +61,23 @@ def first_window(x: np.ndarray, samples: int, channel: str = "clean") -> np.ndar
 
 
 def iter_windows(
-    utts: Sequence[Utterance], samples: int, channel: str = "clean", batch: int = BATCH
+    utts: Sequence[Utterance],
+    samples: int,
+    channel: str = "clean",
+    batch: int = BATCH,
+    kinds: list[str] | None = None,
 ) -> Iterator[np.ndarray]:
-    """Batches (B, samples) of the utterances' evaluation windows, in order."""
+    """Batches (B, samples) of the utterances' evaluation windows, in order. ``kinds``: a list
+    to append each window's kind of audio to (``audio.measure_channel`` of its audio through
+    ``channel``, before the padding, whose seams would read as wideband)."""
     for i in range(0, len(utts), batch):
-        yield np.stack(
-            [first_window(load_audio(u.path), samples, channel) for u in utts[i : i + batch]]
-        )
+        out = []
+        for u in utts[i : i + batch]:
+            x = apply_channel(load_audio(u.path)[:samples], channel)
+            if kinds is not None:
+                kinds.append(measure_channel(x))
+            out.append(pad_repeat(x, samples))
+        yield np.stack(out)
 
 
 def score_utterances(
@@ -75,14 +88,16 @@ def score_utterances(
     batch: int = BATCH,
     progress: bool = False,
     desc: str = "scoring",
+    kinds: list[str] | None = None,
 ) -> np.ndarray:
     """Raw scores (higher = bona fide) of each utterance's first window; ``score_fn`` maps a
-    (B, samples) float32 batch to (B,) scores."""
+    (B, samples) float32 batch to (B,) scores. ``kinds``: filled with each window's kind of
+    audio (``iter_windows``)."""
     from tqdm import tqdm
 
     out = []
     with tqdm(total=len(utts), desc=desc, unit="clip", disable=not progress, leave=False) as bar:
-        for x in iter_windows(utts, samples, channel, batch):
+        for x in iter_windows(utts, samples, channel, batch, kinds):
             out.append(np.asarray(score_fn(x), dtype=np.float64).reshape(-1))
             bar.update(len(x))
     return np.concatenate(out) if out else np.zeros(0)
@@ -219,14 +234,18 @@ def write_csv(
     utts: Sequence[Utterance],
     scores: np.ndarray,
     specs: Sequence[tuple[ScoreSpec, str]],
+    channels: Sequence[str] | None = None,
 ) -> None:
-    """Scores, calibrated by each clip's calibration (``specs``: a spec and its name per clip)."""
+    """Scores, calibrated by each clip's calibration (``specs``: a spec and its name per clip);
+    ``channels`` (one per row) adds a ``channel`` column."""
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(
             ["file", "speaker", "attack", "label", "score", "calibrated", "decision", "calibration"]
+            + (["channel"] if channels is not None else [])
         )
-        for u, s, (spec, name) in zip(utts, scores, specs, strict=True):
+        extra = [[c] for c in channels] if channels is not None else [[] for _ in utts]
+        for u, s, (spec, name), more in zip(utts, scores, specs, extra, strict=True):
             cal = float(spec.calibrate(float(s)))
             w.writerow(
                 [
@@ -238,6 +257,7 @@ def write_csv(
                     f"{cal:.9g}",
                     "bonafide" if cal >= 0 else "spoof",
                     name,
+                    *more,
                 ]
             )
 
@@ -386,8 +406,9 @@ class EvalResult:
     out_dir: Path
     figures: Figures
     scores: np.ndarray
-    utts: list[Utterance]
+    utts: list[Utterance]  # one per score: each clip once per channel scored
     files: dict[str, Path]
+    groups: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
 
 
 def _pct(x: float | None) -> str:
@@ -397,7 +418,7 @@ def _pct(x: float | None) -> str:
 def evaluate(
     bundle_path: str | Path,
     data_root: str | Path,
-    split: str,
+    split: str | None,
     out_dir: str | Path,
     *,
     backend: str = "onnx",
@@ -408,29 +429,68 @@ def evaluate(
     threads: int | None = None,
     progress: bool | None = None,
     command: str | None = None,
+    channels: Sequence[str] | None = None,
+    by: Sequence[str] = (),
+    folds: Sequence[Fold] | None = None,
+    bootstrap: BootstrapOptions | None = None,
 ) -> EvalResult:
-    """Score ``split`` of the corpus at ``data_root`` with a bundle and write the report."""
+    """Score ``split`` of the corpus at ``data_root`` with a bundle and write the report.
+
+    Grouped evaluation (any of these given): ``channels`` scores every clip through each of
+    several channels (the summary pools them); ``folds`` scores the folds' held-out parts (drawn
+    from the train and dev splits; ``split`` must then be None: the eval split is never in a
+    fold); ``by`` names the groups reported, each with bootstrap intervals (``bootstrap``, seeded
+    from ``seed`` by default): ``fold``, ``channel``, ``attack`` and the kinds of
+    ``voicescreen.train.folds`` that the corpus knows (``family``, ``system``, ``language``,
+    ``package``, ``speaker``), plus ``recording`` (``sources.tsv``'s recording chain)."""
     from voicescreen.models.bundle import load_bundle
 
+    grouped = bool(channels) or bool(by) or bool(folds)
+    if folds and split is not None:
+        raise ValueError(
+            f"folds are drawn from the train and dev splits; scoring them takes no split "
+            f"(got {split!r})"
+        )
+    if not folds and split is None:
+        raise ValueError("name a split, or give folds")
+    channels = list(channels or [channel])
+    by = list(dict.fromkeys(by or (("fold", "channel") if folds else ("channel",))))
+    sources = read_sources(data_root) if grouped else None
+    if grouped:
+        _check_groups(by, sources, folds)
+        codecs = {c: describe_channel(c) for c in channels}  # raises for a missing codec
     bundle = load_bundle(bundle_path)
-    utts = load_split(data_root, split)
+    if folds:
+        utts = _held_out_parts(data_root, folds)
+        split_name = "folds"
+    else:
+        utts = load_split(data_root, split)
+        split_name = split
     if subset:
         utts = sorted(balanced_subset(utts, subset, seed), key=lambda u: u.file)
     progress = sys.stderr.isatty() if progress is None else progress
     runtime = bundle.runtime(backend, threads=threads)
     spec = bundle.score
     kinds: list[str] = []  # each window's kind of audio, whose calibration judges it
-
-    def run(x: np.ndarray) -> np.ndarray:
-        kinds.extend(measure_channel(w) for w in x)
-        return runtime(x)[1]
-
-    scores = score_utterances(
-        run, utts, bundle.input_samples, channel, progress=progress, desc=f"{split} ({channel})"
-    )
+    per_channel = [
+        score_utterances(
+            lambda x: runtime(x)[1],
+            utts,
+            bundle.input_samples,
+            ch,
+            progress=progress,
+            desc=f"{split_name} ({ch})",
+            kinds=kinds,
+        )
+        for ch in channels
+    ]
+    scores = np.concatenate(per_channel)
+    rows = [u for _ in channels for u in utts]  # one row per clip and channel
     specs = [spec.for_channel(k) for k in kinds]
 
-    asv = Path(asv_scores) if asv_scores else find_asv_scores(data_root, split)
+    asv = None
+    if not folds:
+        asv = Path(asv_scores) if asv_scores else find_asv_scores(data_root, split)
     note = None
     if asv is not None and not is_asvspoof2019(data_root, split):
         note = (
@@ -439,7 +499,7 @@ def evaluate(
             "on this corpus; compare it only with other figures computed the same way"
         )
     figures = compute_figures(
-        utts,
+        rows,
         scores,
         spec.threshold,
         asv,
@@ -457,13 +517,20 @@ def evaluate(
         "hist": out / "hist.png",
         "det": out / "det.png",
     }
-    write_score_file(files["scores"], utts, scores)
-    write_csv(files["csv"], utts, scores, specs)
-    title = f"{bundle.name} on {split} ({channel})"
+    write_score_file(files["scores"], rows, scores)
+    row_channels = [ch for ch in channels for _ in utts]
+    write_csv(files["csv"], rows, scores, specs, row_channels if grouped else None)
+    title = f"{bundle.name} on {split_name} ({', '.join(channels)})"
     most = Counter(name for _, name in specs).most_common(1)[0][0]
-    plot_histograms(files["hist"], utts, scores, spec.for_channel(most)[0].threshold, title)
-    labels = np.array([u.is_bonafide for u in utts])
-    plot_det(files["det"], {bundle.name: (scores[labels], scores[~labels])}, title)
+    plot_histograms(files["hist"], rows, scores, spec.for_channel(most)[0].threshold, title)
+    labels = np.array([u.is_bonafide for u in rows])
+    curves = {bundle.name: (scores[labels], scores[~labels])}
+    if len(channels) > 1:
+        n = len(utts)
+        curves = {
+            ch: (s[labels[:n]], s[~labels[:n]]) for ch, s in zip(channels, per_channel, strict=True)
+        }
+    plot_det(files["det"], curves, title)
     training = bundle.card.get("training") or {}
     if plot_training(out / "training.png", training.get("history") or [], bundle.name):
         files["training"] = out / "training.png"
@@ -480,22 +547,137 @@ def evaluate(
         },
         "data": {
             "root": str(data_root),
-            "split": split,
+            "split": split_name,
             "clips": len(utts),
             "subset": subset,
             "attacks": dict(sorted(Counter(u.attack for u in utts).items())),
         },
         "scoring": {
             "backend": backend,
-            "channel": channel,
+            "channel": channel if not grouped else ",".join(channels),
             "window": f"first {bundle.input_samples} samples, repeat-padded",
         },
         "figures": figures.to_dict(),
     }
+    if grouped:
+        boot = bootstrap or BootstrapOptions(seed=seed)
+        meta["scoring"]["channels"] = codecs
+        meta["data"]["bonafide"] = sum(u.is_bonafide for u in utts)
+        meta["data"]["spoof"] = len(utts) - meta["data"]["bonafide"]
+        if folds:
+            meta["folds"] = {
+                f.name: {"kind": f.kind, "value": f.value, "train": len(f.train),
+                         "held_out": len(f.held_out)}
+                for f in folds
+            }  # fmt: skip
+        meta["bootstrap"] = {
+            "resamples": boot.resamples,
+            "confidence": boot.confidence,
+            "seed": boot.seed,
+            "unit": "clip, resampled within each class of a group (its channels with it)",
+        }
+        meta["groups"] = _groups(rows, scores, specs, row_channels, by, sources, folds, boot)
     files["metrics"].write_text(json.dumps(meta, indent=2) + "\n")
     files["report"].write_text(_report_markdown(meta, figures, bundle.card, files, command))
     log.info("wrote %s (EER %.2f %%)", files["report"], 100 * figures.eer)
-    return EvalResult(out, figures, scores, list(utts), files)
+    return EvalResult(out, figures, scores, rows, files, meta.get("groups", {}))
+
+
+# --- grouped evaluation ------------------------------------------------------------------------
+
+SPOOF_ONLY = {"family", "system", "attack"}  # their bona fide value is the reference, not a group
+
+
+def _check_groups(
+    by: Sequence[str],
+    sources: Mapping[str, Mapping[str, str]] | None,
+    folds: Sequence[Fold] | None,
+) -> None:
+    known = ["channel", "attack", *known_kinds(sources)]
+    if folds:
+        known.insert(0, "fold")
+    if sources is not None:
+        known.append("recording")
+    bad = [k for k in by if k not in known]
+    if bad:
+        why = "" if folds or "fold" not in bad else " (fold needs folds)"
+        raise ValueError(f"cannot group by {bad}{why}; this corpus gives {known}")
+
+
+def _held_out_parts(data_root: str | Path, folds: Sequence[Fold]) -> list[Utterance]:
+    """The clips of the folds' held-out parts (each once), sorted by name."""
+    wanted = {n for f in folds for n in f.held_out}
+    utts = {u.file: u for split in POOL_SPLITS for u in load_split(data_root, split)}
+    return [utts[n] for n in sorted(wanted)]
+
+
+def _groups(
+    rows: Sequence[Utterance],
+    scores: np.ndarray,
+    specs: Sequence[tuple[ScoreSpec, str]],
+    row_channels: Sequence[str],
+    by: Sequence[str],
+    sources: Mapping[str, Mapping[str, str]] | None,
+    folds: Sequence[Fold] | None,
+    boot: BootstrapOptions,
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """``group_figures`` for each kind in ``by``."""
+    labels = np.array([u.is_bonafide for u in rows])
+    cuts = np.array([s.threshold for s, _ in specs], dtype=np.float64)
+    names = np.array([u.file for u in rows], dtype=object)
+    clips = np.unique(names, return_inverse=True)[1]
+    out = {}
+    for kind in by:
+        if kind == "fold":
+            groups = {f.name: np.flatnonzero(np.isin(names, f.held_out)) for f in folds or ()}
+        else:
+            if kind == "channel":
+                values = list(row_channels)
+            elif kind == "attack":
+                values = [u.attack for u in rows]
+            elif kind == "recording":
+                values = [group_of(u, "channel", sources) for u in rows]
+            else:
+                values = [group_of(u, kind, sources) for u in rows]
+            groups = rows_by_value(values)
+            if kind == "channel":  # in the order asked
+                groups = {c: groups[c] for c in dict.fromkeys(row_channels)}
+            if kind in SPOOF_ONLY:
+                groups = {v: r for v, r in groups.items() if not labels[r].all()}
+        out[kind] = group_figures(scores, labels, cuts, clips, groups, boot, kind)
+    return out
+
+
+def _grouped_markdown(meta: dict) -> list[str]:
+    boot = meta["bootstrap"]
+    lines = ["", "## Channels", "", "| channel | codec | implementation | rate | bit rate |"]
+    lines.append("|---|---|---|---|---|")
+    for name, c in meta["scoring"]["channels"].items():
+        rate = f"{c['bit_rate']} b/s" if c["bit_rate"] else "-"
+        lines.append(f"| {name} | {c['codec']} | {c['implementation']} | {c['rate']} Hz | {rate} |")
+    if "folds" in meta:
+        lines += [
+            "",
+            "## Folds",
+            "",
+            "Each fold holds out one group of the train and dev splits (never eval); its "
+            "held-out part was scored here. Train a model on a fold's train part to rank it on "
+            "what it has not heard.",
+            "",
+            "| fold | train clips | held-out clips |",
+            "|---|---|---|",
+            *(f"| {n} | {f['train']} | {f['held_out']} |" for n, f in meta["folds"].items()),
+        ]
+    for kind, groups in meta["groups"].items():
+        lines += ["", f"## By {kind}", "", *markdown_table(kind, groups)]
+    lines += [
+        "",
+        f"Intervals: {100 * boot['confidence']:g} % percentile bootstrap, {boot['resamples']} "
+        f"resamples of the clips within each group and class (seed {boot['seed']}); rates at "
+        "the card's threshold (each clip's channel's calibration where the card has one). "
+        "(all): a group of one class measured against every scored clip of the other.",
+    ]
+    return lines
 
 
 def _report_markdown(
@@ -503,13 +685,21 @@ def _report_markdown(
 ) -> str:
     b, d, s = meta["bundle"], meta["data"], meta["scoring"]
     lines = [
-        f"# {b['name']} on the {d['split']} split",
+        f"# {b['name']} on the {d['split']} split"
+        if d["split"] != "folds"
+        else f"# {b['name']} on the folds' held-out parts",
         "",
         f"- Bundle: `{b['path']}` ({b['architecture']}, score `{b['convention']}`, "
         f"threshold {b['threshold']:+.6f}, scale {b['scale']:.4g})",
         f"- Data: `{d['root']}`, split `{d['split']}`, {d['clips']} clips "
-        f"({f.n_bonafide} bona fide, {f.n_spoof} spoof)"
-        + (f", seeded subset of {d['subset']}" if d["subset"] else ""),
+        f"({d.get('bonafide', f.n_bonafide)} bona fide, {d.get('spoof', f.n_spoof)} spoof)"
+        + (f", seeded subset of {d['subset']}" if d["subset"] else "")
+        + (
+            f"; each through {len(s['channels'])} channels: {f.n_bonafide + f.n_spoof} "
+            "scored rows, which the figures below count"
+            if len(s.get("channels", ())) > 1
+            else ""
+        ),
         f"- Scoring: {s['window']} of each clip, channel `{s['channel']}`, {s['backend']} runtime",
     ]
     if command:
@@ -546,6 +736,8 @@ def _report_markdown(
         lines += ["", f"ASV scores for the t-DCF: `{f.tdcf_asv}`."]
         if f.tdcf_note:
             lines += ["", f"**Note on the t-DCF:** {f.tdcf_note}."]
+    if "groups" in meta:
+        lines += _grouped_markdown(meta)
     lines += [
         "",
         "## Plots",
