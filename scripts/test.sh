@@ -16,7 +16,9 @@ apt_packages=(chromium pulseaudio pulseaudio-utils libasound2-plugins libportaud
     festvox-czech-machac festvox-czech-ph festvox-suopuhe-lj festvox-suopuhe-mv festvox-itapc16k
     festvox-italp16k festvox-ru festvox-hi-nsk festvox-mr-nsk festvox-te-nsk festvox-ca-ona-hts)
 for pkg in "${apt_packages[@]}"; do
-    dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
+    # installed, not just known to dpkg (a removed package keeps "deinstall ... config-files")
+    [[ $(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null) == "install ok installed" ]] ||
+        need_apt+=("$pkg")
 done
 if ((${#need_apt[@]})); then
     sudo=""; [[ $(id -u) == 0 ]] || sudo=sudo
