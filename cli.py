@@ -295,7 +295,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from voicescreen.models.bundle import BundleError, load_bundle
-    from voicescreen.models.store import bundle_home, resolve_bundle
+    from voicescreen.models.store import bundle_home, portable_path, resolve_bundle
     from voicescreen.train.augment import CHANNELS as AUGMENT_CHANNELS
     from voicescreen.train.calibrate import recalibrate
     from voicescreen.train.data import ProtocolError, load_split
@@ -314,7 +314,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         for root in args.extra or []:
             utts += load_split(root, args.split)
         data = {
-            "corpora": [_portable_path(args.data_root), *map(_portable_path, args.extra or [])],
+            "corpora": [portable_path(args.data_root), *map(portable_path, args.extra or [])],
             "split": args.split,
         }
         _, fitted = recalibrate(
@@ -338,17 +338,6 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         bona, spoof = fitted.counts[kind]
         print(line(kind, c) + f"  ({bona} bona fide, {spoof} spoof scores)")
     return 0
-
-
-def _portable_path(path: str | os.PathLike) -> str:
-    """``path`` as a card should hold it: relative to the repository's parent (``../shared/...``)
-    or the home directory (``~/...``) where it lies under them, else as given."""
-    resolved = Path(path).expanduser().resolve()
-    repo = Path(__file__).resolve().parent
-    for base, shown in ((repo.parent, ".."), (Path.home(), "~")):
-        if resolved.is_relative_to(base):
-            return f"{shown}/{resolved.relative_to(base)}"
-    return str(path)
 
 
 # --- voicescreen models ------------------------------------------------------------------------

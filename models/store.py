@@ -6,6 +6,20 @@ import os
 from pathlib import Path
 
 DEFAULT_BUNDLE = Path(__file__).resolve().parent / "default"
+REPO = Path(__file__).resolve().parents[1]  # the package root: in a checkout, the repository
+
+
+def portable_path(path: str | os.PathLike) -> str:
+    """``path`` as a card or report should hold it: relative to the repository's parent
+    (``../shared/data``) or the home directory (``~/...``) where it lies under them, else as
+    given: no build machine's absolute paths."""
+    resolved = Path(path).expanduser().resolve()
+    for base, shown in ((REPO.parent, ".."), (Path.home(), "~")):
+        if base == Path(base.anchor):  # a checkout (or home) at the root: that says nothing
+            continue
+        if resolved.is_relative_to(base):
+            return f"{shown}/{resolved.relative_to(base)}"
+    return str(path)
 
 
 def bundle_home() -> Path:
@@ -39,4 +53,7 @@ def resolve_bundle(spec: str | os.PathLike | None) -> Path:
     if str(spec) in bundles:
         return bundles[str(spec)]
     known = ", ".join(bundles) or "none"
-    raise FileNotFoundError(f"no bundle {str(spec)!r}: not a path nor an installed one ({known})")
+    raise FileNotFoundError(
+        f"no bundle {str(spec)!r}: neither a bundle's path nor the name of an installed bundle "
+        f"(installed: {known}; `voicescreen models` lists them, {bundle_home()} holds yours)"
+    )

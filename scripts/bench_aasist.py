@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from benchlib import machine, spread, timed, versions, write_section
+from benchlib import command_line, machine, spread, timed, versions, write_section
 
 from voicescreen.audio import load_audio, pad_repeat
 from voicescreen.models.aasist import AASIST, CONFIGS
@@ -287,7 +287,7 @@ def main() -> None:
         "dev EER", "decisions changed", "setup s",
     ]  # fmt: skip
     table = "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head), *rows])
-    cmd = "python scripts/bench_aasist.py " + " ".join(sys.argv[1:])
+    cmd = command_line()
     body = f"""## AASIST: fast paths on CPU
 
 Machine: {machine()}. {versions()}. {args.threads} threads for every path.

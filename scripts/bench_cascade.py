@@ -30,10 +30,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-from benchlib import machine, versions, write_section
+from benchlib import command_line, machine, versions, write_section
 
 from voicescreen.models.bundle import load_bundle
-from voicescreen.models.store import resolve_bundle
+from voicescreen.models.store import portable_path, resolve_bundle
 from voicescreen.train.data import load_split
 from voicescreen.train.evaluate import BATCH, score_utterances
 from voicescreen.train.metrics import eer, rates_at
@@ -107,7 +107,8 @@ def main() -> int:
     channels = [c.strip() for c in args.channels.split(",") if c.strip()]
     experts = [calibrated_scores(args.expert, utts, channels, path) for path in args.expert_paths]
     lines = [
-        f"Each clip's evaluation window of the `{args.split}` split of `{args.data_root}` "
+        f"Each clip's evaluation window of the `{args.split}` split of "
+        f"`{portable_path(args.data_root)}` "
         f"({len(utts)} clips: {bona.sum()} bona fide, {(~bona).sum()} spoof) through "
         f"{', '.join(channels)}, pooled ({len(channels) * len(utts)} windows). Calibrated scores: "
         "> 0 is bona fide, each model at its own card's threshold. A window is escalated when "
@@ -147,7 +148,7 @@ def main() -> int:
                     f"{c_acc:.1%} | {c_rej:.1%} | {cost + near.mean() * unit / expert_rate:.2f} |"
                 )
     body = "\n".join(lines)
-    command = "python scripts/bench_cascade.py " + " ".join(sys.argv[1:])
+    command = command_line()
     if not args.no_write:
         write_section("cascade", f"`{command}`\n\n{body}")
     print(body)

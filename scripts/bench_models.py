@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from benchlib import machine, spread, timed, versions, write_section
+from benchlib import command_line, machine, spread, timed, versions, write_section
 
 from voicescreen.audio import load_audio, pad_repeat
 from voicescreen.models.bundle import export_bundle
@@ -148,7 +148,7 @@ def main() -> None:
             cells += [fmt(r[f"eager_b{b}_wps"], 2), fmt(r[f"onnx_b{b}_wps"], 2)]
         lines.append("| " + " | ".join(cells) + " |")
     table = "\n".join(lines)
-    cmd = "python scripts/bench_models.py " + " ".join(sys.argv[1:])
+    cmd = command_line()
     body = f"""## Model zoo: cost per 4 s window
 
 Machine: {machine()}. {versions()}. Load average before / after: {load0} / {os.getloadavg()[0]:.2f}.

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from benchlib import machine, versions, write_section
+from benchlib import command_line, machine, versions, write_section
 from conversations import conversation
 
 from voicescreen.audio import SAMPLE_RATE
@@ -495,7 +495,7 @@ def main() -> int:
             f"{_cpu(best, backend)} | {trials} |"
         )
     body = "\n".join(lines)
-    command = "python scripts/bench_stream.py " + " ".join(sys.argv[1:])
+    command = command_line()
     section = args.section or ("stream-ray" if "ray" in args.backend else "stream")
     if not args.no_write:
         write_section(section, f"`{command}`\n\n{body}")

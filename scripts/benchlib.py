@@ -8,6 +8,7 @@ import os
 import platform
 import statistics
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -60,6 +61,15 @@ def git_rev() -> str:
         ).stdout.strip()
     except OSError:
         return "unknown"
+
+
+def command_line() -> str:
+    """How this script was run, for the table it writes: ``python scripts/NAME ARGS``, with
+    absolute paths written portably (``../shared/...``, ``~/...``), never a machine's own."""
+    from voicescreen.models.store import portable_path
+
+    args = [portable_path(a) if a.startswith("/") else a for a in sys.argv[1:]]
+    return " ".join(["python", f"scripts/{Path(sys.argv[0]).name}", *args])
 
 
 def write_section(key: str, body: str, path: Path = BENCHMARKS_MD) -> None:

@@ -194,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
 
+    from voicescreen.models.store import portable_path
     from voicescreen.train.evaluate import evaluate
     from voicescreen.train.recipes import load_recipe
     from voicescreen.train.trainer import train
@@ -297,8 +298,10 @@ def main(argv: list[str] | None = None) -> int:
             **validation,
         }
     card["provenance"]["command"] = COMMAND
-    card["provenance"]["ran_as"] = " ".join(
-        ["python scripts/make_default_bundle.py", *(argv if argv is not None else sys.argv[1:])]
+    ran = argv if argv is not None else sys.argv[1:]
+    card["provenance"]["ran_as"] = " ".join(  # paths as the card holds them: no machine's own
+        ["python scripts/make_default_bundle.py"]
+        + [portable_path(a) if a.startswith("/") else a for a in ran]
     )
     card["provenance"]["status"] = status_line(recipe.to_dict(), measured, validation)
     card_path.write_text(json.dumps(card, indent=2) + "\n")

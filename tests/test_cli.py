@@ -86,6 +86,8 @@ def test_missing_bundle_is_a_clear_error(home, data_dir):
     p = run("score", str(data_dir / "flac" / "VS_D_00601.flac"), "--bundle", "nope",
             home=home, check=False)  # fmt: skip
     assert p.returncode == 2 and "no bundle 'nope'" in p.stderr
+    # it says what it looked for and where, with no bare "(default)" to puzzle over
+    assert "(installed: default, " in p.stderr and "voicescreen models" in p.stderr
 
 
 def test_import_rejects_weights_of_another_architecture(home, reference_dir, tmp_path):

@@ -7,6 +7,7 @@ eval report, the validation figures) have end-to-end tests of their own."""
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -62,3 +63,35 @@ def test_the_shipped_card_meets_the_targets_and_names_the_portable_command():
     assert CARD["provenance"]["command"] == mdb.COMMAND
     codecs = CARD["training"]["recipe"]["augment"]["codec"]
     assert codecs == mdb.RECIPE["augment"]["codec"]
+
+
+def _strings(value):
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _strings(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _strings(v)
+
+
+def test_the_shipped_card_speaks_of_the_project_only():
+    """No build machine's absolute paths, and no tracker numbers: paths relative to the
+    repository (``runs/...``), to ``../shared`` or to the home directory."""
+    absolute = [s for s in _strings(CARD) if re.search(r"(^|[\s=(])/(work|root|home|tmp)/", s)]
+    assert not absolute
+    assert not [s for s in _strings(CARD) if re.search(r"\bissue \d", s, re.I)]
+    assert CARD["provenance"]["init"] == "../shared/reference/aasist/AASIST-L.pth"
+
+
+def test_paths_are_written_portably(tmp_path):
+    from voicescreen.models.store import REPO, portable_path
+
+    assert portable_path(REPO.parent / "shared" / "data") == "../shared/data"
+    home = Path.home().resolve()
+    under_repo = home.is_relative_to(REPO.parent)  # a checkout outside the home directory?
+    want = f"../{(home / '.cache/x').relative_to(REPO.parent)}" if under_repo else "~/.cache/x"
+    assert portable_path(Path.home() / ".cache" / "x") == want
+    elsewhere = "/nonexistent-root/data"
+    assert portable_path(elsewhere) == elsewhere

@@ -42,6 +42,7 @@ import numpy as np
 
 from voicescreen.audio import load_audio, pad_repeat
 from voicescreen.models.registry import get_architecture
+from voicescreen.models.store import portable_path
 from voicescreen.train.augment import rng_for
 from voicescreen.train.calibrate import Fitted, fit_scored, score_channels
 from voicescreen.train.data import Utterance, balanced_subset, load_split
@@ -243,7 +244,7 @@ def build_model(recipe: Recipe, device: torch.device) -> tuple[nn.Module, dict[s
             model.load_state_dict(state, strict=True)
         except RuntimeError as e:
             raise TrainError(f"{path}: does not fit {recipe.architecture}: {e}") from e
-        origin = {"init": str(path), "init_sha256": digest}
+        origin = {"init": portable_path(path), "init_sha256": digest}
         log.info("initialised %s from %s", recipe.architecture, path)
     if hasattr(model, "freq_aug"):
         model.freq_aug = recipe.freq_aug
@@ -519,16 +520,18 @@ def train(
         dev_utts += utts
     log.info("train: %s", describe(train_utts))
     data_card = {
-        "root": str(data_root),
+        "root": portable_path(data_root),
         "corpus": "ASVspoof 2019 LA" if is_asvspoof2019(data_root, "train") else "custom",
         "train": describe(train_utts),
         "train_split_clips": len(all_train),
-        "extra_train": [{"root": str(root), **describe(u)} for root, u in extra.items()],
+        "extra_train": [{"root": portable_path(root), **describe(u)} for root, u in extra.items()],
         "subset": recipe.subset,
         "per_attack": recipe.per_attack,
         "seed": recipe.seed,
         "dev": describe(dev_utts),
-        "extra_dev": [{"root": str(root), **describe(u)} for root, u in extra_dev.items()],
+        "extra_dev": [
+            {"root": portable_path(root), **describe(u)} for root, u in extra_dev.items()
+        ],
         "train_files_sha": _files_digest(train_utts),
     }
 
@@ -738,6 +741,14 @@ def calibrate(
     return fit_scored(dev, per_channel, kinds), per_channel
 
 
+def _portable_recipe(recipe: Recipe) -> dict[str, Any]:
+    """The recipe as a card holds it: an ``init`` file's path written portably."""
+    d = recipe.to_dict()
+    if d.get("init") and Path(str(d["init"])).expanduser().is_file():
+        d["init"] = portable_path(d["init"])
+    return d
+
+
 def export_trained(
     model: nn.Module,
     recipe: Recipe,
@@ -799,7 +810,7 @@ def export_trained(
         provenance["attribution"] = AASIST_ATTRIBUTION
     training = {
         "data": data_card,
-        "recipe": recipe.to_dict(),
+        "recipe": _portable_recipe(recipe),
         "seed": recipe.seed,
         "subset": recipe.subset,
         "history": history,
