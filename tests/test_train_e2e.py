@@ -359,3 +359,17 @@ def test_cpu_bf16_autocasts_the_training_passes_only(small_corpus, tmp_path, mon
     assert np.isfinite(bf16.history[-1]["train_loss"])
     # the same seed and data, so only the precision differs: the weights do too
     assert any(not torch.equal(v, plain.model.state_dict()[k]) for k, v in state.items())
+
+
+def test_the_report_describes_training_data_in_words():
+    """A card's training data, dev plus an extra corpus's dev, read as such: not a JSON dump,
+    and not all called "dev"."""
+    from voicescreen.train.evaluate import _data_lines
+
+    clips = {"clips": 370, "bonafide": 185, "spoof": 185}
+    extra = {"root": "~/extra", "clips": 170, "bonafide": 85, "spoof": 85}
+    lines = _data_lines({"root": "../shared/data", "corpus": "custom", "dev": clips,
+                         "extra_dev": [extra]})  # fmt: skip
+    text = "\n".join(lines)
+    assert "{" not in text and "370 clips (185 bona fide, 185 spoof)" in text
+    assert "of which from the extra corpora: `~/extra` 170 clips" in text

@@ -680,6 +680,28 @@ def _grouped_markdown(meta: dict) -> list[str]:
     return lines
 
 
+def _clips(d: Mapping[str, Any]) -> str:
+    """``{"clips": 370, "bonafide": 185, "spoof": 185, ...}`` in words."""
+    n, bona, spoof = (d.get(k, "?") for k in ("clips", "bonafide", "spoof"))
+    return f"{n} clips ({bona} bona fide, {spoof} spoof)"
+
+
+def _data_lines(data: Mapping[str, Any]) -> list[str]:
+    """A card's ``training.data`` as report lines (not a JSON dump)."""
+    if not data:
+        return []
+    lines = [f"- Data: `{data.get('root')}` ({data.get('corpus', 'corpus')})"]
+    for key, what in (("train", "trained on"), ("dev", "calibrated on (dev)")):
+        if not data.get(key):
+            continue
+        extra = ", ".join(f"`{e.get('root')}` {_clips(e)}" for e in data.get(f"extra_{key}") or [])
+        lines.append(
+            f"  - {what}: {_clips(data[key])}"
+            + (f", of which from the extra corpora: {extra}" if extra else "")
+        )
+    return lines
+
+
 def _report_markdown(
     meta: dict, f: Figures, card: dict, files: dict[str, Path], command: str | None
 ) -> str:
@@ -758,13 +780,19 @@ def _report_markdown(
             f"- Recipe `{recipe.get('name')}`: {recipe.get('epochs')} epochs, batch "
             f"{recipe.get('batch_size')}, lr {recipe.get('lr')}, scheduler "
             f"{recipe.get('scheduler')}, seed {recipe.get('seed')}, init `{recipe.get('init')}`",
-            f"- Data: {json.dumps(training.get('data', {}))}",
+            *_data_lines(training.get("data") or {}),
         ]
         dev = (card.get("metrics") or {}).get("dev")
         if dev:
+            data = training.get("data") or {}
+            extra = [e.get("root") for e in data.get("extra_dev") or []]
+            what = "the dev split" + (f" + the dev splits of {', '.join(extra)}" if extra else "")
+            clips = (data.get("dev") or {}).get("clips")
             lines.append(
-                f"- Calibration on dev ({', '.join(dev.get('channels', []))}): "
-                f"EER {_pct(dev.get('eer'))}, threshold {dev.get('threshold', 0):+.6f}"
+                f"- Calibrated on {what}"
+                + (f" ({clips} clips)" if clips else "")
+                + f" through {', '.join(dev.get('channels', []))}: EER {_pct(dev.get('eer'))} "
+                f"(first channel), threshold {dev.get('threshold', 0):+.6f}"
             )
     lines += [
         "",
