@@ -162,6 +162,14 @@ def test_a_reader_that_leaves_early_and_ctrl_c_end_quietly(tmp_path):
             break
         except httpx.TransportError:
             time.sleep(0.5)
+    # a second server on the same port is refused at once, before it loads any model
+    second = subprocess.run(
+        [sys.executable, "-m", "voicescreen", *serve], capture_output=True, text=True, env=env,
+        timeout=120,
+    )  # fmt: skip
+    assert second.returncode == 2, second.stderr
+    assert f"cannot listen on 127.0.0.1:{port}" in second.stderr and "--port" in second.stderr
+    assert "chosen" not in second.stderr and "Traceback" not in second.stderr
     p.send_signal(signal.SIGINT)
     _, err = p.communicate(timeout=120)
     assert p.returncode == 130 and "Traceback" not in err, err

@@ -180,9 +180,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from voicescreen.cli import plan_bundles
-    from voicescreen.web.server import serve
+    from voicescreen.web.server import listen, serve
     from voicescreen.web.state import ConfigError, load_bundles
 
+    try:  # before the models load (seconds to a minute): a port in use is said at once
+        sock = listen(args.host, args.port)
+    except OSError as e:
+        return _fail(
+            f"cannot listen on {args.host}:{args.port}: {e.strerror or e}; another server may "
+            "hold it: stop it, or choose another port with --port"
+        )
     if not getattr(args, "verbose", 0):  # a server's own progress is worth seeing by default
         for name in ("uvicorn.error", "voicescreen.web", "voicescreen.models"):
             logging.getLogger(name).setLevel(logging.INFO)
@@ -196,13 +203,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
             bundles = load_bundles(list(config.bundles)).values()
             config = replace(config, bundles=[b.with_fast_path(args.fast_path) for b in bundles])
     except ValueError as e:  # ConfigError and FastPathError are ValueErrors
+        sock.close()
         return _fail(str(e))
     if config.token is None and args.host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("serving on %s without a token: anyone who reaches it can use it", args.host)
     try:
-        serve(config, args.host, args.port)
+        serve(config, args.host, args.port, sock)
     except ConfigError as e:
         return _fail(str(e))
+    finally:
+        sock.close()
     return 0
 
 

@@ -52,10 +52,30 @@ def uvicorn_config(app: Any, config: ServerConfig, **options: Any) -> uvicorn.Co
     )
 
 
-def serve(config: ServerConfig, host: str = "127.0.0.1", port: int = 8000) -> None:
-    """Serve until interrupted."""
+def listen(host: str = "127.0.0.1", port: int = 8000) -> socket.socket:
+    """A socket bound to ``host``:``port`` for ``serve``, made before anything slow starts so
+    that a port in use is said at once; raises ``OSError`` (EADDRINUSE, ...) as ``bind`` does."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def serve(
+    config: ServerConfig,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    sock: socket.socket | None = None,
+) -> None:
+    """Serve until interrupted, on ``sock`` (from ``listen``) when given."""
     app = create_app(config)
-    uvicorn.Server(uvicorn_config(app, config, host=host, port=port)).run()
+    server = uvicorn.Server(uvicorn_config(app, config, host=host, port=port))
+    server.run(sockets=[sock] if sock is not None else None)
 
 
 class BackgroundServer:
