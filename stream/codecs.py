@@ -21,6 +21,9 @@ from voicescreen.audio import NARROWBAND, AudioError, channel_of_rate
 ENCODINGS = {"pcm16": 2, "float32": 4, "mulaw": 1, "alaw": 1}  # encoding -> bytes per sample
 TELEPHONE_ENCODINGS = ("mulaw", "alaw")  # G.711: narrowband whatever rate is declared
 PCM16_SCALE = 32768.0  # int16 -> [-1, 1), as soundfile reads PCM16
+# Float audio is [-1, 1]; a little over (a filter's overshoot) is audio, but samples past this are
+# not: PCM values sent as floats, or garbage that would overflow to infinity in the mix-down.
+FLOAT_LIMIT = 64.0
 
 
 class DecodeError(AudioError):
@@ -134,10 +137,7 @@ def _samples(data: bytes | bytearray | memoryview, fmt: AudioFormat) -> np.ndarr
     if fmt.encoding == "pcm16":
         return np.frombuffer(buf, dtype="<i2").astype(np.float32) / np.float32(PCM16_SCALE)
     if fmt.encoding == "float32":
-        x = np.frombuffer(buf, dtype="<f4").astype(np.float32)
-        if not np.isfinite(x).all():
-            raise DecodeError("float32 audio contains NaN or infinite samples")
-        return x
+        return _check_floats(np.frombuffer(buf, dtype="<f4").astype(np.float32), "float32 audio")
     codes = np.frombuffer(buf, dtype=np.uint8)
     table = MULAW_TO_PCM16 if fmt.encoding == "mulaw" else ALAW_TO_PCM16
     return table[codes].astype(np.float32) / np.float32(PCM16_SCALE)
@@ -153,7 +153,7 @@ def check_samples(x: np.ndarray, channels: int = 1) -> np.ndarray:
     a = np.asarray(x)
     if a.dtype.kind != "f":
         raise DecodeError(f"audio samples must be floats in [-1, 1], got dtype {a.dtype}")
-    a = a.astype(np.float32, copy=False)
+    a = _check_floats(a.astype(np.float32, copy=False), "audio")
     if a.ndim == 2:
         if a.shape[1] != channels:
             raise DecodeError(f"expected {channels} channel(s), got an array of shape {a.shape}")
@@ -162,6 +162,17 @@ def check_samples(x: np.ndarray, channels: int = 1) -> np.ndarray:
         a = downmix(a, channels)
     else:
         raise DecodeError(f"expected (samples,) or (samples, channels) audio, got {a.shape}")
-    if not np.isfinite(a).all():
-        raise DecodeError("audio contains NaN or infinite samples")
-    return a
+    return _check_floats(a, "audio")
+
+
+def _check_floats(x: np.ndarray, what: str) -> np.ndarray:
+    """``x`` when every sample is finite and within ``FLOAT_LIMIT``, else ``DecodeError``."""
+    if not np.isfinite(x).all():
+        raise DecodeError(f"{what} contains NaN or infinite samples")
+    peak = float(np.abs(x).max()) if x.size else 0.0
+    if peak > FLOAT_LIMIT:
+        raise DecodeError(
+            f"{what} must be samples in [-1, 1]; got a sample of magnitude {peak:.3g} "
+            "(PCM16 values sent as float32? declare encoding pcm16)"
+        )
+    return x

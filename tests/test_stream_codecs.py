@@ -129,6 +129,13 @@ def test_impossible_input_is_rejected_clearly():
             decode(data, AudioFormat("float32", 16000))
         with pytest.raises(DecodeError, match="NaN or infinite"):
             check_samples(np.array([0.1, bad]))
+    for huge in (3e38, -3e38, 32767.0):  # finite, but not [-1, 1] audio (the mix would overflow)
+        data = np.array([0.1, huge, huge, 0.0], dtype="<f4").tobytes()
+        with pytest.raises(DecodeError, match="must be samples in"):
+            decode(data, AudioFormat("float32", 16000, channels=2))
+        with pytest.raises(DecodeError, match="must be samples in"):
+            check_samples(np.array([[0.1, huge], [huge, 0.0]]), channels=2)
+    assert decode(np.array([1.5, -2.0], "<f4").tobytes(), AudioFormat("float32", 16000)).size == 2
     with pytest.raises(DecodeError, match="floats"):
         check_samples(np.array([1, 2], dtype=np.int16))
     assert issubclass(DecodeError, AudioError) and issubclass(DecodeError, ValueError)

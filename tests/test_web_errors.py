@@ -186,6 +186,23 @@ def test_oversize_frame(server, speech):
     assert code == 1009 and summary["duration"] == pytest.approx(1.0)
 
 
+def test_float32_samples_out_of_range(server, speech):
+    """Finite floats far outside [-1, 1] (3e38 overflows to infinity in a stereo mix): the
+    stream ends with bad_input, not with null scores; the good stream beside it is untouched."""
+
+    async def bad():
+        ws = await open_stream(server, {"type": "start", "encoding": "float32", "channels": 2})
+        quiet = np.zeros((4000, 2), "<f4").tobytes()  # 32 kB frames, under the frame limit
+        for _ in range(4):
+            await ws.send(quiet)  # one good second
+        await ws.send(np.full((160, 2), 3e38, "<f4").tobytes())
+        return await drain(ws)
+
+    messages, code, _ = alongside(server, speech, bad())
+    summary = check_failed(messages, "bad_input", "must be samples in [-1, 1]")
+    assert code == 1007 and summary["duration"] == pytest.approx(1.0)
+
+
 def test_odd_length_pcm16(server, speech):
     async def bad():
         ws = await open_stream(server, {"type": "start"})
