@@ -369,9 +369,9 @@ def test_foreign_origin_is_refused(server):
 
 
 def test_score_endpoint_errors(server, data_dir):
-    def post(content, query="", **kwargs):
+    def post(content, query="", headers=AUTH, **kwargs):
         return httpx.post(
-            server.url(f"/v1/score{query}"), content=content, headers=AUTH, timeout=60, **kwargs
+            server.url(f"/v1/score{query}"), content=content, headers=headers, timeout=120, **kwargs
         )
 
     r = post(b"RIFF this is not audio at all")
@@ -387,6 +387,17 @@ def test_score_endpoint_errors(server, data_dir):
         server.url("/v1/score"), files={"other": ("x.flac", clip)}, headers=AUTH, timeout=60
     )
     assert r.status_code == 400 and "no file field" in r.json()["detail"]
+    # control characters and folders in the name: scored, reported by a clean name (a NUL in
+    # it made the temporary file fail: HTTP 500)
+    for name, want in ((b"call.fl\x00ac", "call.flac"), (b"../../etc/a\x1b.flac", "a.flac")):
+        body = (  # by hand: a client library would percent-encode the name
+            b'--b0undary\r\nContent-Disposition: form-data; name="file"; filename="' + name
+            + b'"\r\nContent-Type: audio/flac\r\n\r\n' + clip + b"\r\n--b0undary--\r\n"
+        )  # fmt: skip
+        r = post(body, headers={**AUTH, "Content-Type": "multipart/form-data; boundary=b0undary"})
+        assert r.status_code == 200 and r.json()["file"] == want, r.text
+    r = post(clip, "?filename=%00")
+    assert r.status_code == 200 and r.json()["file"] == "upload", r.text
 
 
 def test_bad_sdp(server):
@@ -399,6 +410,11 @@ def test_bad_sdp(server):
     assert r.status_code == 400 and "no audio track" in r.json()["detail"]
     r = offer({"json": {"type": "offer", "sdp": "v=0\r\nm=audio x\r\nm=application y\r\n"}})
     assert r.status_code == 400 and r.json()["detail"].startswith("cannot answer this offer")
+    # the reason is never empty, whatever the SDP parser raised
+    assert len(r.json()["detail"].removeprefix("cannot answer this offer:").strip()) > 3
+    r = offer({"json": {"type": "offer", "sdp": "m=audio\r\nm=application\r\n"}})
+    assert r.status_code == 400 and r.json()["detail"].startswith("cannot answer this offer: ")
+    assert len(r.json()["detail"].removeprefix("cannot answer this offer:").strip()) > 3
     r = offer({"json": {"type": "answer", "sdp": "v=0"}})
     assert r.status_code == 400
     r = offer({"json": {"type": "offer", "sdp": "m=audio m=application", "models": ["x"]}})

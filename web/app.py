@@ -358,11 +358,14 @@ async def read_upload(request: Request, limit: int) -> tuple[str, bytes]:
         if upload is None or isinstance(upload, str):
             raise HttpError(400, "bad_request", "the multipart body has no file field 'file'")
         data = await upload.read()
-        name = upload.filename or "upload"
+        name = upload.filename
         await form.close()
     else:
         data = await capped_request.body()
-        name = request.query_params.get("filename", "upload")
+        name = request.query_params.get("filename")
+    # a name to report and take a suffix from: no control characters (a NUL broke the temp
+    # file), no folders, bounded length
+    name = "".join(c for c in Path(name or "").name if c.isprintable())[:200] or "upload"
     if len(data) > limit:
         raise HttpError(413, "too_large", too_large)
     if not data:

@@ -302,7 +302,8 @@ class RtcPeers:
         except Exception as e:  # aiortc raises ValueError, InvalidStateError, ... on bad SDP
             await pc.close()
             slot.close()
-            raise RtcError("bad_sdp", f"cannot answer this offer: {e}") from None
+            reason = str(e).strip() or f"{type(e).__name__} while parsing it"  # some say nothing
+            raise RtcError("bad_sdp", f"cannot answer this offer: {reason[:200]}") from None
         self.streams.add(stream)
         log.info("rtc stream %s from %s: answered", stream_id, client)
         return {
