@@ -32,6 +32,7 @@ BAND_EDGE_HZ = 4000.0  # narrowband audio has (almost) no energy above this
 # -46 to -12 dB (median -19), the telephone eval split -81 to -76, G.711 and GSM round trips
 # of dev clips -115 to -104.
 NARROWBAND_BELOW_DB = -55.0
+MEASURE_SECONDS = 60.0  # a signal's channel is measured on its first minute
 
 
 class AudioError(ValueError):
@@ -126,11 +127,11 @@ def channel_of_rate(rate: int) -> str:
 
 def measure_channel(x: np.ndarray, rate: int = SAMPLE_RATE) -> str:
     """The channel of audio ``x`` (16 kHz samples) that came from a source at ``rate`` Hz:
-    narrowband when the source rate says so, or when it has (almost) nothing above 4 kHz
-    (telephone audio stored at a wideband rate), else wideband."""
+    narrowband when the source rate says so, or when its first ``MEASURE_SECONDS`` have (almost)
+    nothing above 4 kHz (telephone audio stored at a wideband rate), else wideband."""
     if channel_of_rate(rate) == NARROWBAND:
         return NARROWBAND
-    ratio = band_ratio_db(x)
+    ratio = band_ratio_db(x[: int(MEASURE_SECONDS * SAMPLE_RATE)])
     return NARROWBAND if ratio is not None and ratio < NARROWBAND_BELOW_DB else WIDEBAND
 
 

@@ -34,7 +34,15 @@ from typing import Any, Protocol, TextIO
 
 import numpy as np
 
-from voicescreen.audio import CHANNELS, HOP_SECONDS, AudioError
+from voicescreen.audio import (
+    CHANNELS,
+    HOP_SECONDS,
+    MEASURE_SECONDS,
+    AudioError,
+    measure_channel,
+    resample,
+    to_mono,
+)
 from voicescreen.stream import (
     AudioFormat,
     BatchOptions,
@@ -102,9 +110,18 @@ class FileSource:
         self.channels: int | None = int(info.channels)
         self.realtime = realtime
         self.label = f"file {self.path.name}, {self.rate} Hz, {self.channels} ch"
+        self.channel = self._measure_channel(sf)
         self.overflows = self.dropped = 0
         self.lost = False
         self._file: Any = None
+
+    def _measure_channel(self, sf: Any) -> str:
+        """The file's kind of audio, measured as ``voicescreen score`` measures a file (its
+        rate, and its bandwidth over the first ``MEASURE_SECONDS``), so that both calibrate it
+        alike."""
+        frames = int(MEASURE_SECONDS * self.rate)
+        x = sf.read(str(self.path), frames=frames, dtype="float32", always_2d=True)[0]
+        return measure_channel(resample(to_mono(x), self.rate), self.rate)
 
     async def __aenter__(self) -> FileSource:
         import soundfile as sf
@@ -560,7 +577,7 @@ async def monitor(
         session = Session(
             scorers,
             fmt=AudioFormat("float32", source.rate, source.channels or 1),
-            channel=channel,
+            channel=channel or getattr(source, "channel", None),  # a file's is measured
             window=window,
             vad=vad,
             smoothing=smoothing,

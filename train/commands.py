@@ -157,9 +157,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
         return _fail(str(e))
     f = result.figures
     tdcf = "n/a" if f.min_tdcf is None else f"{f.min_tdcf:.4f}"
+    at = (  # the card's calibrations that judged the clips, or its one threshold
+        ", ".join(f"{k} {c['threshold']:+.4f} ({c['clips']})" for k, c in f.calibrations.items())
+        if f.calibrations
+        else f"{f.threshold:+.4f}"
+    )
     print(
-        f"{split or 'folds'}: EER {100 * f.eer:.2f} %, min t-DCF {tdcf}, at threshold "
-        f"{f.threshold:+.4f}: bona fide accepted {100 * f.bonafide_accepted:.1f} %, spoofs "
+        f"{split or 'folds'}: EER {100 * f.eer:.2f} %, min t-DCF {tdcf}, at the card's threshold "
+        f"{at}: bona fide accepted {100 * f.bonafide_accepted:.1f} %, spoofs "
         f"rejected {100 * f.spoof_rejected:.1f} %  -> {result.files['report']}"
     )
     return 0
