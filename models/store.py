@@ -13,12 +13,13 @@ def portable_path(path: str | os.PathLike) -> str:
     """``path`` as a card or report should hold it: relative to the repository's parent
     (``../shared/data``) or the home directory (``~/...``) where it lies under them, else as
     given: no build machine's absolute paths."""
-    resolved = Path(path).expanduser().resolve()
-    for base, shown in ((REPO.parent, ".."), (Path.home(), "~")):
-        if base == Path(base.anchor):  # a checkout (or home) at the root: that says nothing
-            continue
-        if resolved.is_relative_to(base):
-            return f"{shown}/{resolved.relative_to(base)}"
+    given = Path(os.path.abspath(Path(path).expanduser()))  # as named (../shared may be a link)
+    for place in (given, given.resolve()):
+        for base, shown in ((REPO.parent, ".."), (Path.home(), "~")):
+            if base == Path(base.anchor):  # a checkout (or home) at the root: that says nothing
+                continue
+            if place.is_relative_to(base):
+                return f"{shown}/{place.relative_to(base)}"
     return str(path)
 
 

@@ -88,7 +88,8 @@ def test_the_shipped_card_speaks_of_the_project_only():
 def test_paths_are_written_portably(tmp_path):
     from voicescreen.models.store import REPO, portable_path
 
-    assert portable_path(REPO.parent / "shared" / "data") == "../shared/data"
+    assert portable_path(REPO.parent / "shared" / "data") == "../shared/data"  # a link or not
+    assert portable_path(REPO / "runs" / ".." / "models") == "../" + REPO.name + "/models"
     home = Path.home().resolve()
     under_repo = home.is_relative_to(REPO.parent)  # a checkout outside the home directory?
     want = f"../{(home / '.cache/x').relative_to(REPO.parent)}" if under_repo else "~/.cache/x"
