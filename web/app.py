@@ -363,9 +363,9 @@ async def read_upload(request: Request, limit: int) -> tuple[str, bytes]:
     else:
         data = await capped_request.body()
         name = request.query_params.get("filename")
-    # a name to report and take a suffix from: no control characters (a NUL broke the temp
-    # file), no folders, bounded length
-    name = "".join(c for c in Path(name or "").name if c.isprintable())[:200] or "upload"
+    # a name to report (as given) and take a suffix from: no control characters (a NUL broke
+    # the temporary file), bounded length
+    name = "".join(c for c in (name or "") if c.isprintable())[:200] or "upload"
     if len(data) > limit:
         raise HttpError(413, "too_large", too_large)
     if not data:
