@@ -193,6 +193,19 @@ def test_media_before_start(server, frames):
     assert [m["code"] for m in result.messages] == ["missing_start"] and result.close_code == 1008
 
 
+def test_stop_before_start_and_media_of_another_stream(server, frames):
+    messages = twilio_messages({"inbound": frames[:10]})
+    result = twilio_call(server, [messages[0], messages[-1]])  # connected, then stop
+    assert [m["code"] for m in result.messages] == ["missing_start"] and result.close_code == 1008
+    assert "stop message before start" in result.messages[0]["message"]
+    stray = json.loads(json.dumps(messages[2][0]))
+    stray["streamSid"] = "MZ" + "f" * 32  # not the stream this socket started
+    result = twilio_call(server, [messages[0], messages[1], messages[2], (stray, 0.0)])
+    errors = [m for m in result.messages if m["type"] == "error"]
+    assert [e["code"] for e in errors] == ["bad_message"] and result.close_code in (1007, 1008)
+    assert "MZ" + "f" * 32 in errors[0]["message"]
+
+
 def test_a_media_format_other_than_twilios_is_refused(server, frames):
     messages = twilio_messages({"inbound": frames[:10]})
     start = json.loads(json.dumps(messages[1][0]))

@@ -225,6 +225,12 @@ class TwilioCall:
     async def on_media(self, message: dict[str, Any]) -> None:
         if self.stream_sid is None:
             raise StreamError("missing_start", "a media message before start")
+        sid = message.get("streamSid")
+        if sid is not None and sid != self.stream_sid:  # Twilio names its stream in every media
+            raise StreamError(
+                "bad_message",
+                f"media of stream {str(sid)[:40]!r}; this socket carries {self.stream_sid}",
+            )
         media = _field(message, "media")
         track = media.get("track", "inbound")
         if track not in TRACKS:
@@ -278,6 +284,8 @@ class TwilioCall:
             elif event == "media":
                 await self.on_media(msg)
             elif event == "stop":
+                if self.stream_sid is None:
+                    raise StreamError("missing_start", "a stop message before start")
                 return "stop"
             elif event in ("mark", "dtmf"):
                 log.debug("twilio stream %s: %s %s", self.stream_sid, event, msg.get(event))
