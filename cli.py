@@ -91,6 +91,28 @@ def add_runtime_arguments(
         )
 
 
+def add_verdict_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """``--min-speech``: the verdict rule's one knob on the command line (``voicescreen.verdict``;
+    score, serve and monitor judge alike)."""
+    from voicescreen.verdict import MIN_SPEECH_SECONDS
+
+    parser.add_argument(
+        "--min-speech",
+        type=float,
+        default=MIN_SPEECH_SECONDS,
+        metavar="SECONDS",
+        help="seconds of speech (VAD voiced) a clip or stream needs before it is called bona "
+        "fide or spoof; with less it is uncertain (default: %(default)g)",
+    )
+
+
+def verdict_options(args: argparse.Namespace):
+    """The ``SmoothingOptions`` of ``add_verdict_arguments``' flags (ValueError if invalid)."""
+    from voicescreen.verdict import SmoothingOptions
+
+    return SmoothingOptions(min_speech=args.min_speech)
+
+
 def runtime_options(args: argparse.Namespace) -> dict:
     """The options ``Bundle.runtime`` takes, from ``add_runtime_arguments``' flags (a planned
     bundle keeps only those of its backend)."""
@@ -150,12 +172,14 @@ def cmd_score(args: argparse.Namespace) -> int:
     try:
         bundle = load_bundle(resolve_bundle(args.bundle))
         (bundle,) = plan_bundles([bundle], args, streams=False, command="score")
-        scorer = Scorer(bundle, bundle.plan.backend, **runtime_options(args))
+        smoothing = verdict_options(args)
+        scorer = Scorer(bundle, bundle.plan.backend, smoothing=smoothing, **runtime_options(args))
     except (BundleError, FileNotFoundError, ValueError) as e:  # FastPathError is a ValueError
         return _fail(str(e))
     if args.hop <= 0:
         return _fail("--hop must be positive")
 
+    width = max(len(p) for p in args.files)  # one column of verdicts, whatever the paths
     failed = 0
     for path in args.files:
         try:
@@ -172,17 +196,20 @@ def cmd_score(args: argparse.Namespace) -> int:
             print(json.dumps(result.to_dict(windows=args.windows)), flush=True)
             continue
         print(
-            f"{path}  {result.verdict:<8}  score {result.score:+.4f}  "
+            f"{path:<{width}}  {result.verdict:<9}  score {result.score:+.4f}  "
             f"calibrated {result.calibrated:+.3f}  ({result.duration:.2f} s, "
+            f"{result.speech:.2f} s speech, "
             f"{len(result.windows)} window{'s' * (len(result.windows) != 1)}, "
-            f"{result.channel}, {result.calibration} calibration)",
+            f"{result.channel}, {result.calibration} calibration)"
+            + (f"  {result.reason}" if result.reason else ""),
             flush=True,
         )
         if args.windows:
             for w in result.windows:
                 print(
-                    f"    [{w.start:7.2f} s - {w.end:7.2f} s]  {w.verdict:<8}  "
-                    f"score {w.score:+.4f}  calibrated {w.calibrated:+.3f}"
+                    f"    [{w.start:7.2f} s - {w.end:7.2f} s]  {w.verdict:<9}  "
+                    f"score {w.score:+.4f}  calibrated {w.calibrated:+.3f}  "
+                    f"smoothed {w.smoothed:+.3f}"
                 )
     if failed:
         total = len(args.files)
@@ -424,6 +451,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="the files' kind of audio, whose calibration of the bundle they get (default: "
         "measured per file: 8 kHz sources and audio with nothing above 4 kHz are narrowband)",
     )
+    add_verdict_arguments(s)
     add_runtime_arguments(s)
     s.set_defaults(func=cmd_score)
 

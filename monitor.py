@@ -337,7 +337,7 @@ def summary_lines(summary: SummaryEvent) -> list[str]:
         worst = "—" if lat.get("max") is None else f"{lat['max']:.0f} ms"
         lines.append(
             f"  {name:<{width}}  {m.verdict.upper()}  mean score {_signed(m.mean)} "
-            f"(min {_signed(m.min)}, max {_signed(m.max)})"
+            f"(min {_signed(m.min)}, max {_signed(m.max)})" + (f"; {m.reason}" if m.reason else "")
         )
         lines.append(
             f"  {'':<{width}}  {m.windows} windows: {m.scored} scored, {m.no_speech} no speech, "
@@ -712,6 +712,8 @@ def cmd_monitor(args: argparse.Namespace) -> int:
         return _fail("--duration must be positive")
     if not 0 <= args.min_voiced <= 1:
         return _fail("--min-voiced must be between 0 and 1")
+    if not args.min_speech >= 0:
+        return _fail("--min-speech must be >= 0 seconds")
     try:
         if args.list_devices:
             return list_devices(args.jsonl)
@@ -759,6 +761,8 @@ def _load_workers(args: argparse.Namespace) -> dict[str, Scorer] | str:
 
 
 async def _run(args: argparse.Namespace, source: Source, workers: dict[str, Scorer]) -> int:
+    from voicescreen.cli import verdict_options
+
     if args.jsonl:
         sink: Sink = JsonLines()
     elif sys.stdout.isatty():
@@ -772,6 +776,7 @@ async def _run(args: argparse.Namespace, source: Source, workers: dict[str, Scor
             sink,
             window=WindowOptions(hop_seconds=args.hop),
             vad=VadOptions(min_voiced=args.min_voiced),
+            smoothing=verdict_options(args),
             duration=args.duration,
             alerts=Alerts(args.alert_cmd) if args.alert_cmd else None,
             exit_on_spoof=args.exit_on_spoof,
@@ -791,7 +796,7 @@ async def _run(args: argparse.Namespace, source: Source, workers: dict[str, Scor
 
 def add_parsers(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``monitor`` on the ``voicescreen`` command's subparsers."""
-    from voicescreen.cli import add_runtime_arguments
+    from voicescreen.cli import add_runtime_arguments, add_verdict_arguments
 
     s = subparsers.add_parser(
         "monitor",
@@ -851,6 +856,7 @@ def add_parsers(subparsers: Any) -> argparse.ArgumentParser:
         metavar="F",
         help="voiced fraction a window needs to be scored (default 0.3)",
     )
+    add_verdict_arguments(m)
     add_runtime_arguments(m, streams=True)
     o = s.add_argument_group("output")
     o.add_argument(

@@ -1,9 +1,11 @@
 """Offline scoring: a whole signal, cut into sliding windows, scored in batches by one bundle.
 
-The same windows, padding and score calibration are what the streaming sessions use, so offline
-and streaming scores of the same audio agree. A file's channel (``wideband`` or ``narrowband``,
-whose calibration of the bundle its scores get) is measured from its sample rate and bandwidth
-(``audio.measure_channel``) unless the caller says which it is.
+The same windows, padding, score calibration and verdict rule (``voicescreen.verdict``:
+smoothing, hysteresis, and ``uncertain`` below a minimum of speech, counted by the same VAD) are
+what the streaming sessions use, so offline and streaming scores of the same audio agree. A
+file's channel (``wideband`` or ``narrowband``, whose calibration of the bundle its scores get) is
+measured from its sample rate and bandwidth (``audio.measure_channel``) unless the caller says
+which it is.
 """
 
 from __future__ import annotations
@@ -22,12 +24,10 @@ from voicescreen.audio import (
     sliding_windows,
 )
 from voicescreen.models.bundle import Bundle
+from voicescreen.stream.vad import VadOptions, speech_before
+from voicescreen.verdict import Smoother, SmoothingOptions, summarise
 
 BATCH = 16  # windows per model call offline
-
-
-def verdict_of(calibrated: float) -> str:
-    return "bonafide" if calibrated >= 0 else "spoof"
 
 
 @dataclass
@@ -37,7 +37,8 @@ class WindowScore:
     end: float
     score: float  # raw, in the bundle's convention
     calibrated: float  # scale * (score - threshold); > 0 is bona fide
-    verdict: str
+    smoothed: float  # mean calibrated score of the last K windows
+    verdict: str  # the verdict rule's after this window, as a stream's score event
 
 
 @dataclass
@@ -51,10 +52,12 @@ class FileScore:
     threshold: float  # of the calibration used
     score: float
     calibrated: float
-    verdict: str
+    verdict: str  # the verdict rule on the mean, as a stream's summary
     windows: list[WindowScore] = field(default_factory=list)
     channel: str = "wideband"  # the file's kind of audio: wideband or narrowband
     calibration: str = "pooled"  # the bundle's calibration used: the channel's own, or pooled
+    speech: float = 0.0  # seconds of speech in it (VAD voiced; all audio with the VAD off)
+    reason: str | None = None  # why uncertain whatever the scores (too little speech)
 
     def to_dict(self, windows: bool = True) -> dict:
         d = asdict(self)
@@ -67,14 +70,24 @@ class Scorer:
     """Scores signals and files with one bundle through one runtime."""
 
     def __init__(
-        self, bundle: Bundle, backend: str = "onnx", runtime=None, **runtime_options
+        self,
+        bundle: Bundle,
+        backend: str = "onnx",
+        runtime=None,
+        *,
+        smoothing: SmoothingOptions | None = None,
+        vad: VadOptions | None = None,
+        **runtime_options,
     ) -> None:
         """``runtime``: score with this one (a remote backend's, say) instead of making the
-        bundle's ``backend`` runtime with ``runtime_options``."""
+        bundle's ``backend`` runtime with ``runtime_options``; ``smoothing`` and ``vad``: the
+        verdict rule and the VAD that counts speech for it, as a stream's session has them."""
         if runtime is None and bundle.plan is not None:  # whole windows: nothing to reuse
             bundle = bundle.with_plan(bundle.plan.for_files())
         self.bundle = bundle
         self.spec = bundle.score
+        self.smoothing = smoothing or SmoothingOptions()
+        self.vad = vad or VadOptions()
         self.runtime = runtime or bundle.runtime(backend, **runtime_options)
 
     def score_windows(self, windows: np.ndarray) -> np.ndarray:
@@ -100,19 +113,25 @@ class Scorer:
         wins = list(sliding_windows(x, self.bundle.input_samples, int(round(hop * SAMPLE_RATE))))
         raw = self.score_windows(np.stack([w.samples for w in wins]))
         cal = spec.calibrate(raw)
-        scored = [
-            WindowScore(
-                w.index,
-                w.start / SAMPLE_RATE,
-                w.end / SAMPLE_RATE,
-                float(r),
-                float(c),
-                verdict_of(c),
+        speech = speech_before(x, self.vad)
+        smoother = Smoother(self.smoothing)
+        scored = []
+        for w, r, c in zip(wins, raw, cal, strict=True):
+            smoothed, verdict = smoother.update(float(c), speech(w.end))
+            scored.append(
+                WindowScore(
+                    w.index,
+                    w.start / SAMPLE_RATE,
+                    w.end / SAMPLE_RATE,
+                    float(r),
+                    float(c),
+                    smoothed,
+                    verdict,
+                )
             )
-            for w, r, c in zip(wins, raw, cal, strict=True)
-        ]
         mean_raw = float(raw.mean())
         mean_cal = float(spec.calibrate(mean_raw))
+        whole = summarise([mean_cal], speech(x.size), self.smoothing)
         return FileScore(
             file=name,
             duration=len(x) / SAMPLE_RATE,
@@ -121,10 +140,12 @@ class Scorer:
             threshold=spec.threshold,
             score=mean_raw,
             calibrated=mean_cal,
-            verdict=verdict_of(mean_cal),
+            verdict=whole.verdict,
             windows=scored,
             channel=channel,
             calibration=calibration,
+            speech=speech(x.size),
+            reason=whole.reason,
         )
 
     def score_file(

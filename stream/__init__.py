@@ -2,7 +2,7 @@
 
 One module per step, data flowing one way::
 
-    codecs (decode) -> resample -> vad -> windows -> worker (batch, score) -> smoothing -> events
+    codecs (decode) -> resample -> vad -> windows -> worker (batch, score) -> verdict -> events
 
 ``session.Session`` strings the steps together for one stream, transport-free: bytes or arrays in,
 events out. ``worker.InferenceWorker`` is shared by all streams of one model; the one call it makes
@@ -24,10 +24,10 @@ from voicescreen.stream.events import (
 )
 from voicescreen.stream.resample import Resampler, resample
 from voicescreen.stream.session import Session
-from voicescreen.stream.smoothing import Smoother, SmoothingOptions
 from voicescreen.stream.vad import VadOptions, VoiceGate
 from voicescreen.stream.windows import StreamWindow, Windower, WindowOptions
 from voicescreen.stream.worker import BatchOptions, Cascade, InferenceWorker, Result, load_workers
+from voicescreen.verdict import Smoother, SmoothingOptions
 
 __all__ = [
     "AudioFormat",

@@ -12,8 +12,6 @@ import math
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
-VERDICTS = ("bonafide", "spoof", "uncertain")
-
 
 def _plain(value: Any) -> Any:
     """JSON-safe: non-finite floats become null, numpy scalars plain numbers."""
@@ -133,7 +131,9 @@ class ModelSummary:
     min: float | None = None  # calibrated scores of the scored windows
     mean: float | None = None
     max: float | None = None
-    verdict: str = "uncertain"
+    verdict: str = "uncertain"  # the verdict rule (voicescreen.verdict) on the mean
+    reason: str | None = None  # why uncertain whatever the scores: too little speech, none scored
+    speech: float | None = None  # seconds of speech heard (VAD voiced; all audio with it off)
     latency_ms: dict[str, float | None] = field(default_factory=dict)  # p50, max
     channel: str | None = None  # the stream's kind of audio: wideband or narrowband
     calibration: str | None = None  # the calibration its scores got (None: none scored)

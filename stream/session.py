@@ -38,10 +38,10 @@ from voicescreen.stream.events import (
     VerdictEvent,
 )
 from voicescreen.stream.resample import Resampler
-from voicescreen.stream.smoothing import Smoother, SmoothingOptions, decide
 from voicescreen.stream.vad import VadOptions, VoiceGate
 from voicescreen.stream.windows import StreamWindow, Windower, WindowOptions
 from voicescreen.stream.worker import Overloaded, Result, Scorer, StreamScorer, percentile
+from voicescreen.verdict import Smoother, SmoothingOptions, summarise
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,7 @@ class _Slot:
 
     window: StreamWindow
     voiced: float | None
+    speech: float  # seconds of speech in the stream up to the window's end
     complete: float  # clock time the window's last sample arrived
     status: str  # pending | no_speech | shed
     future: asyncio.Future[Result] | None = None
@@ -226,20 +227,28 @@ class Session:
                 self._gate.forget_before(min(t.windower.keep_from for t in self._tracks))
         self._drain_all()
 
+    def _speech(self, end: int | None = None) -> float:
+        """Seconds of speech in the stream before sample ``end`` (None: all so far), as the
+        verdict rule counts it: voiced frames, or every second with the VAD off."""
+        if self._gate is not None:
+            return self._gate.voiced_seconds(end)
+        return (self._samples if end is None else min(end, self._samples)) / SAMPLE_RATE
+
     def _dispatch(self, track: _Track, w: StreamWindow, now: float) -> None:
         voiced = None if self._gate is None else self._gate.voiced_ratio(w.start, w.end)
+        speech = self._speech(w.end)
         track.account.windows += 1
         if voiced is not None and voiced < self.vad.min_voiced:
-            track.slots.append(_Slot(w, voiced, now, "no_speech"))
+            track.slots.append(_Slot(w, voiced, speech, now, "no_speech"))
             return
         if track.stream is not None:
             future = track.stream.submit(w)
         else:
             future = track.scorer.submit(w.samples, track.channel)
         if future is None:
-            track.slots.append(_Slot(w, voiced, now, "shed"))
+            track.slots.append(_Slot(w, voiced, speech, now, "shed"))
             return
-        slot = _Slot(w, voiced, now, "pending", future)
+        slot = _Slot(w, voiced, speech, now, "pending", future)
         track.slots.append(slot)
         future.add_done_callback(lambda _, t=track, s=slot: self._resolved(t, s))
 
@@ -330,7 +339,7 @@ class Session:
         account.latencies.append(latency)
         account.early += w.early
         previous = track.smoother.verdict
-        smoothed, verdict = track.smoother.update(result.calibrated)
+        smoothed, verdict = track.smoother.update(result.calibrated, slot.speech)
         self._out.put_nowait(
             ScoreEvent(
                 **where,
@@ -375,7 +384,7 @@ class Session:
     def _summarise(self, track: _Track) -> ModelSummary:
         a = track.account
         scores = a.scores
-        mean = float(np.mean(scores)) if scores else None
+        whole = summarise(scores, self._speech(), self.smoothing)
         return ModelSummary(
             windows=a.windows,
             scored=len(scores),
@@ -385,9 +394,11 @@ class Session:
             failed=a.failed,
             cancelled=a.cancelled,
             min=min(scores) if scores else None,
-            mean=mean,
+            mean=whole.mean,
             max=max(scores) if scores else None,
-            verdict="uncertain" if mean is None else decide(mean, "uncertain", self.smoothing),
+            verdict=whole.verdict,
+            reason=whole.reason,
+            speech=self._speech(),
             channel=self.channel,
             calibration=a.calibration,
             latency_ms={

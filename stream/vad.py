@@ -8,6 +8,7 @@ the audio, never on how the audio was chunked. A window is scored when its ratio
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -54,6 +55,7 @@ class VoiceGate:
         self._pending = np.zeros(0, dtype=np.int16)  # samples of the frame not yet complete
         self._flags = np.zeros(0, dtype=bool)  # voiced flag per frame, from frame _first_frame
         self._first_frame = 0
+        self._voiced_before_first = 0  # voiced frames among those forgotten
 
     @property
     def frames(self) -> int:
@@ -91,9 +93,34 @@ class VoiceGate:
         flags = self._flags[first - self._first_frame : stop - self._first_frame]
         return float(np.count_nonzero(flags)) / flags.size
 
+    def voiced_seconds(self, end: int | None = None) -> float:
+        """Seconds of speech from the start of the stream: the voiced frames wholly before
+        sample ``end`` (None: every frame classified so far). ``end`` must not fall before the
+        frames already forgotten."""
+        stop = self.frames if end is None else min(end // self.frame, self.frames)
+        if stop < self._first_frame:
+            raise ValueError(f"frames before sample {end} are forgotten")
+        voiced = self._voiced_before_first + int(
+            np.count_nonzero(self._flags[: stop - self._first_frame])
+        )
+        return voiced * self.frame / SAMPLE_RATE
+
     def forget_before(self, sample: int) -> None:
         """Drop the flags of frames that end before ``sample`` (no window will ask for them)."""
         drop = min(sample // self.frame, self.frames) - self._first_frame
         if drop > 0:
+            self._voiced_before_first += int(np.count_nonzero(self._flags[:drop]))
             self._flags = self._flags[drop:]
             self._first_frame += drop
+
+
+def speech_before(x: np.ndarray, options: VadOptions | None = None) -> Callable[[int], float]:
+    """For a whole 16 kHz signal: a function sample ``end`` -> seconds of speech before it, as a
+    stream's gate counts them (``VoiceGate.voiced_seconds``); with the VAD off, every second of
+    audio before ``end`` counts."""
+    options = options or VadOptions()
+    if not options.enabled:
+        return lambda end: min(end, x.size) / SAMPLE_RATE
+    gate = VoiceGate(options)
+    gate.process(x)
+    return gate.voiced_seconds

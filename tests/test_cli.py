@@ -65,7 +65,16 @@ def test_score_windows_match_the_model(home, model, data_dir, tmp_path):
     assert longer["score"] == pytest.approx(float(want.mean()), abs=1e-4)
     assert [w["start"] for w in longer["windows"]] == [w.start / SAMPLE_RATE for w in wins]
     assert len(short["windows"]) == len(list(sliding_windows(x, 64600, int(1.5 * SAMPLE_RATE))))
-    assert short["verdict"] == ("bonafide" if short["calibrated"] >= 0 else "spoof")
+    # the verdict rule on the mean (hysteresis from uncertain: +-0.5), the clip being all speech
+    assert short["speech"] >= 1.0 and short["reason"] is None
+    want = (
+        "bonafide"
+        if short["calibrated"] >= 0.5
+        else "spoof"
+        if short["calibrated"] <= -0.5
+        else "uncertain"
+    )
+    assert short["verdict"] == want
 
 
 def test_unreadable_files_are_reported_and_the_rest_scored(home, data_dir, tmp_path):

@@ -14,7 +14,7 @@ from voicescreen.stream.events import (
     SummaryEvent,
     event_from_dict,
 )
-from voicescreen.stream.smoothing import Smoother, SmoothingOptions, decide
+from voicescreen.verdict import Smoother, SmoothingOptions, decide
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "events.md"
 
@@ -89,7 +89,7 @@ def test_hysteresis_holds_a_verdict_through_one_borderline_window():
 
 def test_smoothing_averages_the_last_k_windows():
     s = Smoother(SmoothingOptions(windows=3, enter=0.5, leave=0.0))
-    steps = [s.update(v) for v in (2.0, -1.0, 0.5, -3.0, -3.0)]
+    steps = [s.update(v, speech=5.0) for v in (2.0, -1.0, 0.5, -3.0, -3.0)]
     assert [round(m, 6) for m, _ in steps] == [2.0, 0.5, 0.5, -1.166667, -1.833333]
     assert [v for _, v in steps] == ["bonafide", "bonafide", "bonafide", "spoof", "spoof"]
     with pytest.raises(ValueError):

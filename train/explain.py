@@ -32,6 +32,8 @@ from typing import Any
 import numpy as np
 
 from voicescreen.audio import SAMPLE_RATE, load_audio, pad_repeat
+from voicescreen.stream.vad import speech_before
+from voicescreen.verdict import SmoothingOptions, summarise
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +162,8 @@ def explain(
         )
     model = bundle.build_torch()
     samples = bundle.input_samples
-    window = pad_repeat(load_audio(file)[:samples], samples)
+    heard = load_audio(file)[:samples]
+    window = pad_repeat(heard, samples)
     logits, maps = attention_maps(model, window)
     import torch
 
@@ -169,7 +172,7 @@ def explain(
     spec = bundle.score
     score = float(score_from_logits(torch.from_numpy(logits[None]), spec.convention)[0])
     calibrated = float(spec.calibrate(score))
-    verdict = "bonafide" if calibrated >= 0 else "spoof"
+    verdict = summarise([calibrated], speech_before(heard)(heard.size), SmoothingOptions()).verdict
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

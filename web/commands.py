@@ -248,10 +248,14 @@ def _describe(message: dict[str, Any]) -> str | None:
         return f"{stream}: error {message['code']}: {message['message']}"
     if kind == "summary":
         parts = [
-            f"{name} {s['verdict'].upper()} (mean {s['mean']:+.3f}, {s['scored']}/{s['windows']} "
-            f"windows scored)"
-            if s["mean"] is not None
-            else f"{name} {s['verdict'].upper()} (nothing scored, {s['windows']} windows)"
+            f"{name} {s['verdict'].upper()} ("
+            + (
+                f"mean {s['mean']:+.3f}, {s['scored']}/{s['windows']} windows scored"
+                if s["mean"] is not None
+                else f"nothing scored, {s['windows']} windows"
+            )
+            + (f"; {s['reason']}" if s.get("reason") and s["mean"] is not None else "")
+            + ")"
             for name, s in message["models"].items()
         ]
         return (
