@@ -27,7 +27,7 @@ if ((${#need_apt[@]})); then
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
 
-venv=$(scripts/setup.sh)
+venv=$(scripts/setup.sh --test)
 export PATH="$venv/bin:$PATH"
 
 ruff check .
