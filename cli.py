@@ -439,11 +439,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    s = sub.add_parser("score", help="score audio files (per file, optionally per window)")
+    s = sub.add_parser(
+        "score",
+        help="score audio files (per file, optionally per window)",
+        description="Score audio files offline: each file is cut into 4 s windows every --hop "
+        "seconds, each window scored by the bundle; prints per file the mean score, the "
+        "calibrated score (> 0 bona fide) and the verdict (bonafide, spoof, or uncertain: too "
+        "little speech, or a score too near the threshold), and with --windows each window's.",
+    )
     s.add_argument("files", nargs="+", metavar="FILE", help="wav/flac/ogg, any rate, mono/stereo")
     s.add_argument("--bundle", help="bundle path or installed name (default: the shipped one)")
     s.add_argument("--windows", action="store_true", help="print the per-window timeline")
-    s.add_argument("--hop", type=float, default=HOP_SECONDS, help="window hop in seconds")
+    s.add_argument(
+        "--hop",
+        type=float,
+        default=HOP_SECONDS,
+        help="window hop, seconds (default: %(default)g)",
+    )
     s.add_argument("--json", action="store_true", help="one JSON object per file")
     s.add_argument(
         "--channel",

@@ -842,7 +842,12 @@ def add_parsers(subparsers: Any) -> argparse.ArgumentParser:
         help="bundle to screen with; repeat for several models side by side "
         "(default: the shipped one)",
     )
-    m.add_argument("--hop", type=float, default=HOP_SECONDS, help="window hop in seconds")
+    m.add_argument(
+        "--hop",
+        type=float,
+        default=HOP_SECONDS,
+        help="window hop, seconds (default: %(default)g)",
+    )
     m.add_argument(
         "--channel",
         choices=CHANNELS,

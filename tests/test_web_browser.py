@@ -87,7 +87,11 @@ def screen_a_voice(page, url: str, tmp_path: Path, name: str, windows: int) -> d
     console = console_of(page)
     page.goto(url)
     page.wait_for_selector('body[data-state="ready"]', timeout=WAIT_MS)
-    assert page.inner_text("#models").strip() == "aasist-l"
+    # the served model by name and architecture, on its chip and in the footer
+    assert page.inner_text("#models").split() == ["aasist-l", "aasist-l"]
+    assert page.inner_text("#footer-models") == "aasist-l (aasist-l)"
+    hint = page.inner_text("#chart-hint")
+    assert "hollow dots are the early windows" in hint and "dashed line" in hint
     page.click("#start")
     page.wait_for_function(f"window.voicescreen.windows >= {windows}", timeout=WAIT_MS, polling=200)
     verdict = page.get_attribute("#verdict", "data-verdict")
@@ -96,8 +100,15 @@ def screen_a_voice(page, url: str, tmp_path: Path, name: str, windows: int) -> d
     assert page.inner_text("#stat-latency").endswith(("ms", " s"))
     assert int(page.inner_text("#stat-windows")) >= windows
     page.screenshot(path=str(tmp_path / f"{name}.png"), full_page=True)
+    assert page.inner_text("#verdict-score-label") == "smoothed score"
     page.click("#start")  # Stop
     page.wait_for_selector('body[data-state="done"]', timeout=WAIT_MS)
+    assert page.inner_text("#verdict-score-label") == "mean score"  # the summary's, not smoothed
+    # every score on the chart's scale (it grows with them, up to +-40)
+    top = max(
+        abs(p["score"]) for s in page.evaluate("window.voicescreen.series").values() for p in s
+    )
+    assert page.evaluate("window.voicescreen.yMax") >= min(top, 40)
     state = page.evaluate(
         "({transport: window.voicescreen.transport, summary: window.voicescreen.summary,"
         " events: window.voicescreen.events})"

@@ -7,6 +7,7 @@
   const $ = (id) => document.getElementById(id);
   const params = new URLSearchParams(location.search);
   const COLORS = ["#3b5bdb", "#e8590c", "#0ca678", "#ae3ec9", "#1098ad", "#f08c00"];
+  const Y_LIMIT = 40; // the chart's scale grows with the scores up to +-Y_LIMIT
   const VERDICT_TEXT = {
     idle: ["Ready", "Press <b>Start</b> and speak for a few seconds."],
     listening: ["Listening…", "The first score comes after 1.5 s of speech."],
@@ -176,6 +177,9 @@
     });
     if (!state.selected.size) state.selected.add(info.default);
     renderModels();
+    $("footer-models").textContent = state.models
+      .map((m) => `${m.name} (${m.architecture})`)
+      .join(", ");
     setStatus("ok", `Connected · v${health.version}`);
     setPhase("ready");
     draw();
@@ -193,7 +197,10 @@
       const swatch = document.createElement("span");
       swatch.className = "swatch";
       swatch.style.background = m.color;
-      chip.append(swatch, document.createTextNode(m.name));
+      const arch = document.createElement("small");
+      arch.className = "chip-arch";
+      arch.textContent = m.architecture;
+      chip.append(swatch, document.createTextNode(m.name), arch);
       chip.addEventListener("click", () => {
         if (state.selected.has(m.name) && state.selected.size > 1) state.selected.delete(m.name);
         else state.selected.add(m.name);
@@ -283,13 +290,15 @@
     }
     if (primary) {
       const scored = primary.scored > 0;
+      const why = primary.reason && scored ? ` Uncertain: ${primary.reason}.` : "";
       setVerdict(
         scored ? primary.verdict : "idle",
         primary.mean,
         scored
-          ? `Final verdict over ${msg.duration.toFixed(1)} s: ${primary.scored} windows scored, mean ${primary.mean.toFixed(2)}.`
+          ? `Final verdict over ${msg.duration.toFixed(1)} s: ${primary.scored} windows scored, mean ${primary.mean.toFixed(2)}.${why}`
           : "No speech was heard: nothing to score. Check the microphone and try again.",
       );
+      $("verdict-score-label").textContent = "mean score";
     }
     updateStats();
     finish();
@@ -329,9 +338,10 @@
     const tMin = tMax - span;
     let yMax = 4;
     for (const name of Object.keys(state.series)) {
-      for (const p of state.series[name]) if (p.t >= tMin) yMax = Math.max(yMax, Math.min(12, Math.abs(p.score) * 1.25));
+      for (const p of state.series[name]) if (p.t >= tMin) yMax = Math.max(yMax, Math.min(Y_LIMIT, Math.abs(p.score) * 1.25));
     }
     yMax = Math.ceil(yMax);
+    state.yMax = yMax; // the scale drawn (tests read it)
     const x = (t) => pad.l + ((t - tMin) / span) * (w - pad.l - pad.r);
     const y = (v) => pad.t + ((yMax - Math.max(-yMax, Math.min(yMax, v))) / (2 * yMax)) * (h - pad.t - pad.b);
 
@@ -416,7 +426,16 @@
       g.stroke();
       for (const p of pts) {
         g.beginPath();
-        g.arc(x(p.t), y(p.score), p.early ? 3 : 4, 0, 2 * Math.PI);
+        if (Math.abs(p.score) > yMax) {
+          // beyond the scale: a triangle at the edge, pointing the way the score went
+          const edge = y(p.score), dir = p.score > 0 ? -1 : 1;
+          g.moveTo(x(p.t) - 5, edge - dir * 3);
+          g.lineTo(x(p.t) + 5, edge - dir * 3);
+          g.lineTo(x(p.t), edge + dir * 5);
+          g.closePath();
+        } else {
+          g.arc(x(p.t), y(p.score), p.early ? 3 : 4, 0, 2 * Math.PI);
+        }
         g.fillStyle = p.early ? "#fff" : m.color;
         g.fill();
         g.strokeStyle = m.color;
@@ -464,6 +483,7 @@
     state.skipped = 0;
     state.duration = 0;
     state.verdicts = {};
+    $("verdict-score-label").textContent = "smoothed score";
     state.summary = null;
     state.streamId = null;
     $("log").textContent = "";
