@@ -12,9 +12,15 @@ remote replicas (``voicescreen.stream.backends``: Ray Serve, Triton). A runtime 
 ``concurrency`` attribute gets that many batches in flight at once (one per replica, say); the
 in-process ones run one batch at a time. Queues, shedding and metrics are the same for all.
 
-The queue is bounded: a window submitted to a full queue is shed at once (``submit`` returns None)
-and the stream reports it as overloaded; a remote runtime that refuses a batch for want of capacity
-raises ``Overloaded``, and those windows are shed (and reported) the same way.
+The queue is bounded and fair between streams. Each stream (``open_stream``) has its own queue;
+a batch takes windows round-robin, one per stream in turn, and first from the streams that keep
+real time: a stream whose audio arrives faster than it plays (a file sent as fast as the network
+allows, say) gets what the live ones leave (``PACE_SLACK``). When the queue is full, the stream
+holding the most windows loses its oldest one, or, if that is the submitting stream, the new
+window is shed at once (``submit`` returns None): a client that floods the worker sheds its own
+windows, not everyone's. A stream reports what it lost as overloaded; a remote runtime that
+refuses a batch for want of capacity raises ``Overloaded``, and those windows are shed (and
+reported) the same way.
 
 A ``Cascade`` has the same interface: a cheap model scores every window and an expensive one
 re-scores only the windows whose cheap calibrated score lies within ``band`` of the threshold.
@@ -32,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import weakref
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -41,6 +48,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from voicescreen.audio import SAMPLE_RATE
 from voicescreen.models.bundle import POOLED, ScoreSpec
 from voicescreen.models.incremental import Job, StreamFrames
 
@@ -53,6 +61,9 @@ log = logging.getLogger(__name__)
 # (B, samples) windows -> (logits or None, score): the one call that differs between backends
 Runtime = Callable[[np.ndarray], tuple[np.ndarray | None, np.ndarray]]
 LATENCY_SAMPLES = 10_000  # recent latencies kept for percentiles
+# A stream whose audio is this many seconds ahead of the wall clock since its first window is
+# faster than real time: its windows wait until those of the streams keeping real time are taken.
+PACE_SLACK = 2.0
 
 
 @dataclass(frozen=True)
@@ -155,6 +166,17 @@ class _Item:
     submitted: float  # loop time
     spec: ScoreSpec  # calibrates its score
     calibration: str  # the name of that calibration
+    ahead: bool = False  # its stream runs faster than real time
+
+
+class _Pace:
+    """How far a stream's audio runs ahead of the wall clock, from its first window on."""
+
+    def __init__(self, audio: float, now: float) -> None:
+        self.audio0, self.t0 = audio, now
+
+    def ahead(self, audio: float, now: float) -> bool:
+        return (audio - self.audio0) - (now - self.t0) > PACE_SLACK
 
 
 class WorkerStream:
@@ -166,12 +188,13 @@ class WorkerStream:
         self.frames = StreamFrames() if worker.takes_jobs else None
 
     def submit(self, window: StreamWindow) -> asyncio.Future[Result] | None:
+        at = window.end / SAMPLE_RATE  # stream seconds: how far its audio has come
         if self.frames is None:
-            return self.worker.submit(window.samples, self.channel)
+            return self.worker.submit(window.samples, self.channel, stream=self, audio=at)
         audio = window.end - window.start  # less than the window when it is repeat-padded
         padded = audio if audio < window.samples.size else None
         job = Job(window.samples, window.start, self.frames, padded)
-        return self.worker.submit(job, self.channel)
+        return self.worker.submit(job, self.channel, stream=self, audio=at)
 
 
 class InferenceWorker:
@@ -197,7 +220,10 @@ class InferenceWorker:
         self.options = options or BatchOptions()
         self.metrics = WorkerMetrics()
         self._specs: dict[str | None, tuple[ScoreSpec, str]] = {}
-        self._queue: deque[_Item] = deque()
+        # one queue per stream (None: windows submitted without one), in round-robin order
+        self._queues: dict[object, deque[_Item]] = {}
+        self._queued = 0
+        self._paces: weakref.WeakKeyDictionary[object, _Pace] = weakref.WeakKeyDictionary()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task | None = None
         self._wake: asyncio.Future | None = None  # set when the queue reaches _want windows
@@ -226,7 +252,7 @@ class InferenceWorker:
 
     @property
     def queued(self) -> int:
-        return len(self._queue)
+        return self._queued
 
     def open_stream(self, channel: str | None = None) -> WorkerStream:
         """A handle for one stream's windows (it holds what the runtime reuses between them),
@@ -241,10 +267,19 @@ class InferenceWorker:
         return found
 
     def submit(
-        self, samples: np.ndarray | Job, channel: str | None = None
+        self,
+        samples: np.ndarray | Job,
+        channel: str | None = None,
+        *,
+        stream: object | None = None,
+        audio: float | None = None,
     ) -> asyncio.Future[Result] | None:
         """Queue one (input_samples,) window (or, for a runtime that ``takes_jobs``, a ``Job``),
         its score to be calibrated for ``channel``; None when the queue is full and it was shed.
+        ``stream``: whose window it is (any weak-referenceable handle: the queues are fair
+        between streams; see the module
+        docstring), and ``audio``: the stream seconds its audio reaches, which tell a stream
+        keeping real time from one sent faster.
 
         Call from the event loop's thread. Cancel the future to withdraw a window not yet run.
         """
@@ -257,16 +292,50 @@ class InferenceWorker:
             )
         self._ensure_started()
         self.metrics.submitted += 1
-        if len(self._queue) >= self.options.max_queue:
+        if self._queued >= self.options.max_queue and not self._make_room(stream):
             self.metrics.shed += 1
             return None
+        now = self._loop.time()
+        ahead = False
+        if stream is not None and audio is not None:
+            pace = self._paces.get(stream)
+            if pace is None:
+                pace = self._paces[stream] = _Pace(audio, now)
+            ahead = pace.ahead(audio, now)
         future = self._loop.create_future()
         payload = job if self.takes_jobs else job.samples
         spec, calibration = self.calibration(channel)
-        self._queue.append(_Item(payload, future, self._loop.time(), spec, calibration))
-        if self._wake is not None and not self._wake.done() and len(self._queue) >= self._want:
+        queue = self._queues.get(stream)
+        if queue is None:
+            queue = self._queues[stream] = deque()
+        queue.append(_Item(payload, future, now, spec, calibration, ahead))
+        self._queued += 1
+        if self._wake is not None and not self._wake.done() and self._queued >= self._want:
             self._wake.set_result(None)
         return future
+
+    def _make_room(self, stream: object | None) -> bool:
+        """The queue is full: shed the oldest window of the stream holding the most, unless that
+        is ``stream`` (or no other holds more than it would): then False, its new window is
+        shed."""
+        biggest = max(self._queues, key=lambda k: len(self._queues[k]))
+        own = len(self._queues.get(stream, ()))
+        if biggest is stream or len(self._queues[biggest]) <= own + 1:
+            return False
+        item = self._pop(biggest)
+        self.metrics.shed += 1
+        if not item.future.done():
+            item.future.set_exception(Overloaded(f"{self.name}: queue full", "queue full"))
+        log.info("%s: queue full; shed the oldest window of the stream holding most", self.name)
+        return True
+
+    def _pop(self, key: object) -> _Item:
+        queue = self._queues[key]
+        item = queue.popleft()
+        self._queued -= 1
+        if not queue:
+            del self._queues[key]
+        return item
 
     async def score(self, samples: np.ndarray, channel: str | None = None) -> Result:
         """Score one window, waiting for it; raises ``Overloaded`` when it was shed."""
@@ -282,7 +351,9 @@ class InferenceWorker:
         if self._loop is not None and self._loop is not loop and not self._loop.is_closed():
             raise RuntimeError(f"worker {self.name} already runs on another event loop")
         if self._loop is not loop:
-            self._queue.clear()  # futures of a closed loop can never be awaited
+            self._queues.clear()  # futures of a closed loop can never be awaited
+            self._queued = 0
+            self._paces.clear()
         self._loop = loop
         if self._executor is None:
             self._executor = ThreadPoolExecutor(
@@ -293,7 +364,7 @@ class InferenceWorker:
 
     async def _wait_for(self, count: int, deadline: float | None) -> None:
         """Until the queue holds ``count`` windows (or the loop time reaches ``deadline``)."""
-        if len(self._queue) >= count or (deadline is not None and deadline <= self._loop.time()):
+        if self._queued >= count or (deadline is not None and deadline <= self._loop.time()):
             return
         self._want = count
         self._wake = self._loop.create_future()
@@ -308,24 +379,44 @@ class InferenceWorker:
         finally:
             self._wake = None
 
+    def _oldest(self) -> float:
+        """When the longest-waiting queued window was submitted (loop time)."""
+        return min(q[0].submitted for q in self._queues.values())
+
     def _next_batch(self) -> list[_Item]:
+        """Up to ``max_batch`` windows, one per stream in turn (a stream served moves to the back
+        of the turn): first the windows of streams keeping real time, then the others."""
         batch: list[_Item] = []
         max_delay = self.options.max_delay_ms / 1000
         stale_before = self._loop.time() - max_delay if max_delay > 0 else None
         stale = 0
-        while self._queue and len(batch) < self.options.max_batch:
-            item = self._queue.popleft()
-            if item.future.cancelled():
-                self.metrics.cancelled += 1
-            elif stale_before is not None and item.submitted < stale_before:
-                stale += 1
-                item.future.set_exception(
-                    Overloaded(
-                        f"{self.name}: waited over {self.options.max_delay_ms:g} ms", "too late"
-                    )
-                )
-            else:
-                batch.append(item)
+        for live_only in (True, False):
+            while len(batch) < self.options.max_batch:
+                took = False
+                for key in list(self._queues):
+                    if len(batch) >= self.options.max_batch:
+                        break
+                    queue = self._queues.get(key)
+                    if not queue or (live_only and queue[0].ahead):
+                        continue
+                    item = self._pop(key)
+                    if key in self._queues:  # served: to the back of the turn
+                        self._queues[key] = self._queues.pop(key)
+                    took = True
+                    if item.future.cancelled():
+                        self.metrics.cancelled += 1
+                    elif stale_before is not None and item.submitted < stale_before:
+                        stale += 1
+                        item.future.set_exception(
+                            Overloaded(
+                                f"{self.name}: waited over {self.options.max_delay_ms:g} ms",
+                                "too late",
+                            )
+                        )
+                    else:
+                        batch.append(item)
+                if not took:
+                    break
         if stale:
             self.metrics.shed += stale
             log.warning(
@@ -338,7 +429,7 @@ class InferenceWorker:
         slots = self._slots
         while True:
             await self._wait_for(1, None)
-            await self._wait_for(self.options.max_batch, self._queue[0].submitted + max_wait)
+            await self._wait_for(self.options.max_batch, self._oldest() + max_wait)
             await slots.acquire()  # while every call is busy, the queue fills (and sheds)
             batch = self._next_batch()
             if not batch:
@@ -407,8 +498,8 @@ class InferenceWorker:
     async def close(self) -> None:
         """Stop batching; windows still queued are cancelled."""
         self._closed = True
-        while self._queue:
-            item = self._queue.popleft()
+        while self._queues:
+            item = self._pop(next(iter(self._queues)))
             if item.future.cancel():
                 self.metrics.cancelled += 1
         tasks = [t for t in (self._task, *self._calls) if t is not None]
