@@ -382,6 +382,14 @@ def test_eval_groups_a_split_and_keeps_its_summary(v2_corpus, gmm_bundle, tmp_pa
     assert json.loads((plain / "metrics.json").read_text())["figures"] == meta["figures"]
     assert "groups" not in json.loads((plain / "metrics.json").read_text())
     assert "## By" not in (plain / "report.md").read_text()
+    # a seeded subset with the spoofs spread over the attacks: each attack is in it
+    sub = tmp_path / "subset"
+    args = ["--split", "eval", "--subset", "6", "--per-attack"]
+    assert _eval(*base, "--out", str(sub), *args).returncode == 0
+    data = json.loads((sub / "metrics.json").read_text())["data"]
+    assert data["clips"] == 6 and data["per_attack"]
+    assert {a for a in data["attacks"] if a != "-"} == {"A03", "A04", "A05"}, data["attacks"]
+    assert "spoofs spread evenly over the attacks" in (sub / "report.md").read_text()
 
 
 def test_eval_refuses_folds_of_the_eval_split_and_groups_it_lacks(v2_corpus, capsys):

@@ -148,6 +148,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             channel=args.channel,
             asv_scores=args.asv_scores,
             subset=args.subset,
+            per_attack=args.per_attack,
             seed=args.seed,
             threads=args.threads,
             progress=_progress(args),
@@ -363,6 +364,12 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
         help="ASVspoof 2019 ASV score file for the t-DCF (default: looked for beside the data)",
     )
     s.add_argument("--subset", type=int, help="score a seeded class-balanced subset only")
+    s.add_argument(
+        "--per-attack",
+        action="store_true",
+        help="spread the subset's spoofs evenly over the attacks (systems), so that a small "
+        "system is not left out",
+    )
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--backend", choices=["onnx", "torch"], default="onnx")
     s.add_argument("--threads", type=int)

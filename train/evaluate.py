@@ -425,6 +425,7 @@ def evaluate(
     channel: str = "clean",
     asv_scores: str | Path | None = None,
     subset: int | None = None,
+    per_attack: bool = False,
     seed: int = 0,
     threads: int | None = None,
     progress: bool | None = None,
@@ -467,7 +468,7 @@ def evaluate(
         utts = load_split(data_root, split)
         split_name = split
     if subset:
-        utts = sorted(balanced_subset(utts, subset, seed), key=lambda u: u.file)
+        utts = sorted(balanced_subset(utts, subset, seed, per_attack), key=lambda u: u.file)
     progress = sys.stderr.isatty() if progress is None else progress
     runtime = bundle.runtime(backend, threads=threads)
     spec = bundle.score
@@ -550,6 +551,7 @@ def evaluate(
             "split": split_name,
             "clips": len(utts),
             "subset": subset,
+            "per_attack": per_attack,
             "attacks": dict(sorted(Counter(u.attack for u in utts).items())),
         },
         "scoring": {
@@ -716,6 +718,11 @@ def _report_markdown(
         f"- Data: `{d['root']}`, split `{d['split']}`, {d['clips']} clips "
         f"({d.get('bonafide', f.n_bonafide)} bona fide, {d.get('spoof', f.n_spoof)} spoof)"
         + (f", seeded subset of {d['subset']}" if d["subset"] else "")
+        + (
+            " (spoofs spread evenly over the attacks)"
+            if d["subset"] and d.get("per_attack")
+            else ""
+        )
         + (
             f"; each through {len(s['channels'])} channels: {f.n_bonafide + f.n_spoof} "
             "scored rows, which the figures below count"
