@@ -34,9 +34,23 @@ BAND_EDGE_HZ = 4000.0  # narrowband audio has (almost) no energy above this
 NARROWBAND_BELOW_DB = -55.0
 MEASURE_SECONDS = 60.0  # a signal's channel is measured on its first minute
 
+# What a file may ask of its reader. A header is cheap to write and costly to obey: 20 s at
+# 655,350 Hz x 8 channels fits a 113 KB FLAC and decodes to 1.2 GB. So a file is judged by its
+# header before a sample is decoded, decoded in blocks, and refused when it is out of bounds.
+MIN_FILE_RATE = 4000  # Hz: below it there is no speech band to screen
+MAX_FILE_RATE = 384000  # Hz: the highest rate audio interfaces record
+# Samples a file may decode to, frames x channels (and as many at the output rate): 3.1 h of
+# 48 kHz stereo, 18.6 h of 16 kHz mono. The server's uploads have a tighter bound of their own.
+MAX_FILE_SAMPLES = 1 << 30
+READ_BLOCK_FRAMES = 1 << 16  # frames decoded at a time (2 MiB of float32 at 8 channels)
+
 
 class AudioError(ValueError):
     """Audio that cannot be read or makes no sense (empty, NaN, impossible rate)."""
+
+
+class AudioTooLarge(AudioError):
+    """A file that would decode to more samples than its reader allows."""
 
 
 def pad_repeat(x: np.ndarray, length: int = WINDOW_SAMPLES) -> np.ndarray:
@@ -81,25 +95,102 @@ def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     return read_audio(path, sample_rate)[0]
 
 
-def read_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> tuple[np.ndarray, int]:
-    """``load_audio``, and the file's own sample rate (Hz)."""
+def read_audio(
+    path: str | Path, sample_rate: int = SAMPLE_RATE, max_samples: int = MAX_FILE_SAMPLES
+) -> tuple[np.ndarray, int]:
+    """``load_audio``, and the file's own sample rate (Hz).
+
+    The header is checked before anything is decoded (``check_header``: the rate within
+    ``MIN_FILE_RATE``-``MAX_FILE_RATE``, at most ``max_samples`` decoded samples), and the file
+    is decoded ``READ_BLOCK_FRAMES`` at a time, each block mixed to mono and resampled before
+    the next is read into the result, so memory holds the result and one block, whatever the
+    channel count.
+    """
     import soundfile as sf
+
+    from voicescreen.stream.resample import Resampler
 
     if not Path(path).exists():  # libsndfile would say only "System error."
         raise AudioError(f"{path}: no such file")
     if Path(path).is_dir():
         raise AudioError(f"{path}: a directory, not an audio file")
     try:
-        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+        with sf.SoundFile(str(path)) as f:
+            rate, channels = int(f.samplerate), int(f.channels)
+            declared = f.frames if f.frames < 1 << 62 else 0  # (a FLAC may leave it unknown)
+            check_header(path, declared, channels, rate, sample_rate, max_samples)
+            resampler = Resampler(rate, sample_rate)
+            out = _Output(-(-declared * sample_rate // rate))
+            frames = 0
+            for block in f.blocks(READ_BLOCK_FRAMES, dtype="float32", always_2d=True):
+                frames += block.shape[0]  # a header may understate: counted as decoded
+                check_header(path, frames, channels, rate, sample_rate, max_samples)
+                out.put(resampler.process(to_mono(block)))
+            out.put(resampler.flush())
     except (sf.LibsndfileError, RuntimeError, OSError) as e:
         reason = str(e).removeprefix(f"Error opening {str(path)!r}: ")  # the path once is enough
         raise AudioError(f"{path}: cannot read audio ({reason})") from e
-    if data.shape[0] == 0:
+    if frames == 0:
         raise AudioError(f"{path}: no audio samples")
-    x = resample(to_mono(data), rate, sample_rate)
+    x = out.samples()
     if not np.isfinite(x).all():
         raise AudioError(f"{path}: audio contains NaN or infinite samples")
-    return x, int(rate)
+    return x, rate
+
+
+class _Output:
+    """A signal written piece by piece into an array of the length its header promised (one
+    copy in memory, not the pieces and their concatenation), and past it if the header lied."""
+
+    def __init__(self, expected: int) -> None:
+        self.buffer = np.empty(expected, dtype=np.float32)
+        self.n = 0
+        self.beyond: list[np.ndarray] = []
+
+    def put(self, x: np.ndarray) -> None:
+        room = self.buffer.size - self.n
+        head = x[:room]
+        self.buffer[self.n : self.n + head.size] = head
+        self.n += head.size
+        if x.size > room:
+            self.beyond.append(x[room:])
+
+    def samples(self) -> np.ndarray:
+        if self.beyond:
+            return np.concatenate([self.buffer[: self.n], *self.beyond])
+        return self.buffer[: self.n] if self.n < self.buffer.size else self.buffer
+
+
+def decoded_samples(frames: int, channels: int, rate: int, sample_rate: int = SAMPLE_RATE) -> int:
+    """What reading ``frames`` frames of ``channels`` channels at ``rate`` Hz costs, in samples:
+    the more of what it decodes to and what it resamples to at ``sample_rate``."""
+    return max(frames * channels, -(-frames * sample_rate // max(rate, 1)))
+
+
+def check_header(
+    path: str | Path,
+    frames: int,
+    channels: int,
+    rate: int,
+    sample_rate: int = SAMPLE_RATE,
+    max_samples: int = MAX_FILE_SAMPLES,
+) -> None:
+    """Refuse a file by what its header says: AudioError for a rate outside
+    ``MIN_FILE_RATE``-``MAX_FILE_RATE``, AudioTooLarge for more than ``max_samples`` decoded
+    samples (``decoded_samples``)."""
+    if not MIN_FILE_RATE <= rate <= MAX_FILE_RATE:
+        raise AudioError(
+            f"{path}: a sample rate of {rate} Hz; files are read at {MIN_FILE_RATE}-"
+            f"{MAX_FILE_RATE} Hz"
+        )
+    if channels < 1:
+        raise AudioError(f"{path}: {channels} channels")
+    n = decoded_samples(frames, channels, rate, sample_rate)
+    if n > max_samples:
+        raise AudioTooLarge(
+            f"{path}: {frames / rate:.4g} s of {channels}-channel audio at {rate} Hz decodes to "
+            f"{n:,} samples; the limit is {max_samples:,}"
+        )
 
 
 def band_ratio_db(x: np.ndarray) -> float | None:

@@ -26,7 +26,9 @@ KAISER_BETA = 9.0  # ≈ 90 dB stop-band
 MAX_TABLE = (
     4_000_000  # coefficients kept per (up, down) pair; above that they are computed per call
 )
-BLOCK = 4096  # output samples computed per numpy step (bounds memory)
+BLOCK = 4096  # output samples computed per numpy step at most
+BLOCK_BYTES = 8 << 20  # and at most this much of float64 per temporary array of a step (at
+# 384 kHz a filter has 3,234 taps: 4,096 outputs at once took 3 x 106 MB)
 TABLE_CACHE_BYTES = 64 << 20  # coefficient tables kept for reuse, all rates together
 
 
@@ -138,8 +140,9 @@ class Resampler:
         out = np.empty(n.size, dtype=np.float32)
         if n.size:
             frames = np.lib.stride_tricks.sliding_window_view(self._buf, 2 * self.taps)
-            for i in range(0, n.size, BLOCK):
-                nb = n[i : i + BLOCK]
+            step = max(1, min(BLOCK, BLOCK_BYTES // (16 * self.taps)))
+            for i in range(0, n.size, step):
+                nb = n[i : i + step]
                 q, phase = np.divmod(nb * self.down, self.up)
                 rows = frames[q - self.taps + 1 - self._first]
                 coef = (
@@ -147,7 +150,7 @@ class Resampler:
                     if self._table is not None
                     else _kernel(phase, self.up, self.down, self.taps, self._cutoff)
                 )
-                out[i : i + BLOCK] = (rows * coef).sum(axis=1)
+                out[i : i + step] = (rows * coef).sum(axis=1)
             self._n_out = int(n[-1]) + 1
         keep = (self._n_out * self.down) // self.up - self.taps + 1  # first input still needed
         if keep > self._first:

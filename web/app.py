@@ -38,11 +38,20 @@ from fastapi.responses import (
 from fastapi.staticfiles import StaticFiles
 
 import voicescreen
-from voicescreen.audio import CHANNELS, HOP_SECONDS, SAMPLE_RATE, AudioError, read_audio
+from voicescreen.audio import (
+    CHANNELS,
+    HOP_SECONDS,
+    SAMPLE_RATE,
+    AudioError,
+    AudioTooLarge,
+    check_header,
+    read_audio,
+)
 from voicescreen.models.runtime import describe
 from voicescreen.stream import Cascade
 from voicescreen.web.auth import origin_ok, presented_token, token_ok
 from voicescreen.web.config import ServerConfig
+from voicescreen.web.guard import Guard
 from voicescreen.web.metrics import render
 from voicescreen.web.rtc import MAX_SDP, RtcError
 from voicescreen.web.state import AppState
@@ -76,10 +85,13 @@ def check_access(request: Request, browser: bool = True) -> None:
     """Token (when configured) and, for endpoints a page may call, the origin."""
     state = _state(request)
     if browser and not origin_ok(
-        state.config, request.headers.get("origin"), request.headers.get("host")
+        state.config,
+        request.headers.get("origin"),
+        request.headers.get("host"),
+        request.url.scheme,
     ):
         raise HttpError(403, "forbidden_origin", f"origin {request.headers['origin']} not allowed")
-    if not token_ok(state.config, presented_token(request.headers, request.query_params)):
+    if not token_ok(state.config, presented_token(request.headers)):  # no ?token= over HTTP
         raise HttpError(401, "unauthorized", "missing or wrong bearer token")
 
 
@@ -103,6 +115,7 @@ def create_app(config: ServerConfig) -> FastAPI:
         lifespan=lifespan,
         docs_url=None,  # FastAPI's pages load Swagger UI and ReDoc from a CDN: /docs is ours
         redoc_url=None,
+        openapi_url=None,  # ours too: it follows the token
     )
     app.state.voicescreen = state
     if config.allowed_origins:
@@ -112,6 +125,8 @@ def create_app(config: ServerConfig) -> FastAPI:
             allow_methods=["GET", "POST"],
             allow_headers=["Authorization", "Content-Type"],
         )
+
+    app.add_middleware(Guard, state=state)  # the outermost: Host and connection count first
 
     @app.exception_handler(HttpError)
     async def http_error(request: Request, exc: HttpError) -> JSONResponse:
@@ -213,9 +228,21 @@ def create_app(config: ServerConfig) -> FastAPI:
             raise HttpError(
                 422, "bad_request", f"channel must be one of {list(CHANNELS)}, got {channel[:40]!r}"
             )
-        filename, data = await read_upload(request, config.max_upload_bytes)
-        async with state.score_slots:
-            result = await _score_bytes(state, name, filename, data, hop, channel)
+        if state.uploads >= config.max_score_queue:  # each holds a file of up to the limit
+            raise HttpError(
+                503,
+                "too_many_uploads",
+                f"{config.max_score_queue} uploads are already in progress (the limit); try "
+                "again later",
+            )
+        state.uploads += 1
+        try:
+            async with spooled_upload(request, config.max_upload_bytes) as (filename, path):
+                await check_upload(state, path, filename)
+                async with state.score_slots:
+                    result = await score_upload(state, name, filename, path, hop, channel)
+        finally:
+            state.uploads -= 1
         state.metrics.score_requests["200"] += 1
         return result
 
@@ -252,15 +279,23 @@ def add_docs(app: FastAPI) -> None:
     """``GET /docs``: Swagger UI from the ``swagger_ui_bundle`` package under ``/docs/static``,
     so the page works on a machine without internet access. The bundled Swagger UI (4.x) reads
     OpenAPI 3.0 only, so it is given ``/docs/openapi-3.0.json``, a 3.0 rendition of the schema;
-    ``/openapi.json`` stays the 3.1 document FastAPI writes."""
+    ``/openapi.json`` stays the 3.1 document FastAPI writes. With a token, all three need it, as
+    the API does (in the ``Authorization`` header)."""
     app.mount("/docs/static", StaticFiles(directory=SWAGGER_UI), name="swagger-ui")
 
+    @app.get("/openapi.json", include_in_schema=False)
+    async def openapi(request: Request) -> JSONResponse:
+        check_access(request, browser=False)
+        return JSONResponse(app.openapi())
+
     @app.get("/docs/openapi-3.0.json", include_in_schema=False)
-    async def openapi_30() -> JSONResponse:
+    async def openapi_30(request: Request) -> JSONResponse:
+        check_access(request, browser=False)
         return JSONResponse(openapi_3_0(app.openapi()))
 
     @app.get("/docs", include_in_schema=False)
     async def docs(request: Request) -> HTMLResponse:
+        check_access(request, browser=False)
         root = request.scope.get("root_path", "").rstrip("/")  # as FastAPI's own /docs does
         return get_swagger_ui_html(
             openapi_url=f"{root}/docs/openapi-3.0.json",
@@ -342,73 +377,108 @@ def capped(request: Request, cap: int, too_large: str) -> Request:
     return Request(request.scope, receive)
 
 
-async def read_upload(request: Request, limit: int) -> tuple[str, bytes]:
-    """The uploaded file's name and bytes, refusing more than ``limit`` bytes of body."""
+UPLOAD_CHUNK = 1 << 20  # bytes copied at a time from a multipart upload into its spool file
+
+
+@contextlib.asynccontextmanager
+async def spooled_upload(request: Request, limit: int) -> AsyncIterator[tuple[str, str]]:
+    """The uploaded file's name and the path of a temporary copy of its bytes, refusing more
+    than ``limit`` bytes of body. The body goes to disk as it arrives, so an upload waiting for
+    a scoring slot holds a file, not its bytes in memory; the copy is removed on the way out."""
     too_large = f"the upload is over the {limit}-byte limit"
     capped_request = capped(request, limit + 64 * 1024, too_large)  # room for multipart framing
     content_type = request.headers.get("content-type", "")
-    if content_type.startswith("multipart/form-data"):
-        try:
-            form = await capped_request.form(max_files=1, max_fields=4)
-        except HttpError:
-            raise
-        except Exception as e:  # python-multipart's parse errors
-            raise HttpError(400, "bad_request", f"cannot parse the multipart body ({e})") from None
+    fd, path = tempfile.mkstemp(prefix="voicescreen-", suffix=".upload")
+    try:
+        with os.fdopen(fd, "wb") as spool:
+            if content_type.startswith("multipart/form-data"):
+                name = await _spool_form(capped_request, spool)
+            else:
+                async for chunk in capped_request.stream():
+                    spool.write(chunk)
+                name = request.query_params.get("filename")
+            size = spool.tell()
+        # a name to report (as given): no control characters (a NUL in one once
+        # broke the temporary file), bounded length
+        name = "".join(c for c in (name or "") if c.isprintable())[:200] or "upload"
+        if size > limit:
+            raise HttpError(413, "too_large", too_large)
+        if not size:
+            raise HttpError(400, "bad_request", "the upload is empty")
+        yield name, path
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+
+
+async def _spool_form(request: Request, spool: Any) -> str | None:
+    """Copy a multipart body's field ``file`` into ``spool``; the name it was uploaded as.
+    (Starlette keeps each part in memory up to 1 MiB, on disk beyond.)"""
+    try:
+        form = await request.form(max_files=1, max_fields=4)
+    except HttpError:
+        raise
+    except Exception as e:  # python-multipart's parse errors
+        raise HttpError(400, "bad_request", f"cannot parse the multipart body ({e})") from None
+    try:
         upload = form.get("file")
         if upload is None or isinstance(upload, str):
             raise HttpError(400, "bad_request", "the multipart body has no file field 'file'")
-        data = await upload.read()
-        name = upload.filename
+        while chunk := await upload.read(UPLOAD_CHUNK):
+            spool.write(chunk)
+        return upload.filename
+    finally:
         await form.close()
-    else:
-        data = await capped_request.body()
-        name = request.query_params.get("filename")
-    # a name to report (as given) and take a suffix from: no control characters (a NUL broke
-    # the temporary file), bounded length
-    name = "".join(c for c in (name or "") if c.isprintable())[:200] or "upload"
-    if len(data) > limit:
-        raise HttpError(413, "too_large", too_large)
-    if not data:
-        raise HttpError(400, "bad_request", "the upload is empty")
-    return name, data
 
 
-async def _score_bytes(
-    state: AppState, model: str, filename: str, data: bytes, hop: float, channel: str | None
+def _audio_error(e: AudioError, path: str, filename: str) -> HttpError:
+    message = str(e).replace(path, filename)
+    if isinstance(e, AudioTooLarge):
+        return HttpError(413, "too_large", message)
+    return HttpError(422, "bad_audio", message)
+
+
+async def check_upload(state: AppState, path: str, filename: str) -> None:
+    """Refuse an upload by its header, before it waits for a scoring slot: unreadable (422
+    ``bad_audio``), a rate out of bounds (422), more than ``max_upload_samples`` decoded
+    samples (413 ``too_large``) or ``max_upload_seconds`` of audio (413 ``too_long``)."""
+    import soundfile as sf
+
+    config = state.config
+    try:
+        info = await asyncio.to_thread(sf.info, path)
+    except (sf.LibsndfileError, RuntimeError) as e:
+        raise HttpError(
+            422, "bad_audio", f"{filename}: cannot read audio ({e})".replace(path, filename)
+        ) from None
+    try:
+        frames = info.frames if info.frames < 1 << 62 else 0  # unknown: counted as decoded
+        check_header(
+            path, frames, info.channels, info.samplerate, SAMPLE_RATE, config.max_upload_samples
+        )
+    except AudioError as e:
+        raise _audio_error(e, path, filename) from None
+    seconds = info.frames / info.samplerate
+    if seconds > config.max_upload_seconds:
+        raise HttpError(
+            413,
+            "too_long",
+            f"{seconds:.0f} s of audio; the limit is {config.max_upload_seconds:g} s",
+        )
+
+
+async def score_upload(
+    state: AppState, model: str, filename: str, path: str, hop: float, channel: str | None
 ) -> dict[str, Any]:
-    def work() -> dict[str, Any]:
-        import soundfile as sf
+    """Score the upload at ``path``, reported as ``filename``, off the event loop."""
 
-        suffix = Path(filename).suffix[:8] if Path(filename).suffix else ".audio"
-        fd, path = tempfile.mkstemp(prefix="voicescreen-", suffix=suffix)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            try:
-                info = sf.info(path)
-            except (sf.LibsndfileError, RuntimeError) as e:
-                raise AudioError(
-                    f"{filename}: cannot read audio ({e})".replace(path, filename)
-                ) from None
-            seconds = info.frames / info.samplerate if info.samplerate else 0
-            if seconds > state.config.max_upload_seconds:
-                raise HttpError(
-                    413,
-                    "too_long",
-                    f"{seconds:.0f} s of audio; the limit is {state.config.max_upload_seconds:g} s",
-                )
-            try:
-                x, rate = read_audio(path)
-            except AudioError as e:
-                raise AudioError(str(e).replace(path, filename)) from None
-            scorer = state.scorer(model)
-            result = scorer.score_signal(x, filename, hop, rate=rate, channel=channel)
-            return result.to_dict(windows=True)
-        finally:
-            with contextlib.suppress(OSError):
-                os.unlink(path)
+    def work() -> dict[str, Any]:
+        x, rate = read_audio(path, max_samples=state.config.max_upload_samples)
+        scorer = state.scorer(model)
+        result = scorer.score_signal(x, filename, hop, rate=rate, channel=channel)
+        return result.to_dict(windows=True)
 
     try:
         return await asyncio.to_thread(work)
     except AudioError as e:
-        raise HttpError(422, "bad_audio", str(e)) from None
+        raise _audio_error(e, path, filename) from None

@@ -29,14 +29,18 @@ from urllib.parse import urlsplit, urlunsplit
 from voicescreen.web.config import ServerConfig
 
 
-def presented_token(headers: Mapping[str, str], query: Mapping[str, str]) -> str | None:
-    """The token a request carries, if any."""
+def presented_token(
+    headers: Mapping[str, str], query: Mapping[str, str] | None = None
+) -> str | None:
+    """The token a request carries, if any: its bearer token, or ``query``'s ``token`` (given
+    only for WebSockets, which a browser cannot give headers; elsewhere a token in the URL would
+    end up in histories and logs)."""
     auth = headers.get("authorization")
     if auth:
         scheme, _, value = auth.partition(" ")
         if scheme.lower() == "bearer" and value.strip():
             return value.strip()
-    return query.get("token") or None
+    return (query or {}).get("token") or None
 
 
 def token_ok(config: ServerConfig, token: str | None) -> bool:
@@ -48,15 +52,70 @@ def token_ok(config: ServerConfig, token: str | None) -> bool:
     return hmac.compare_digest(token.encode(), config.token.encode())
 
 
-def origin_ok(config: ServerConfig, origin: str | None, host: str | None) -> bool:
-    """May a page from ``origin`` use a server reached as ``host`` (the Host header)?"""
+WEB_SCHEMES = {"http": "http", "ws": "http", "https": "https", "wss": "https"}
+
+
+def origin_ok(
+    config: ServerConfig, origin: str | None, host: str | None, scheme: str = "http"
+) -> bool:
+    """May a page from ``origin`` use a server reached as ``host`` (the Host header) over
+    ``scheme`` (the request's: http, https, ws or wss)? The page's own origin is the request's
+    scheme and host (or ``public_url``'s, behind a proxy), scheme included: a page served over
+    plain http may not drive the server reached over https."""
     if origin is None:
         return True
     if "*" in config.allowed_origins or origin in config.allowed_origins:
         return True
     if origin == "null":
         return False
-    return bool(host) and urlsplit(origin).netloc.lower() == host.lower()
+    own = {f"{WEB_SCHEMES.get(scheme, scheme)}://{host.lower()}"} if host else set()
+    if config.public_url:
+        public = urlsplit(config.public_url)
+        own.add(f"{WEB_SCHEMES.get(public.scheme, public.scheme)}://{public.netloc.lower()}")
+    return origin.lower() in own
+
+
+LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
+
+
+def host_name(host: str) -> str:
+    """The name in a ``Host`` header, without its port and brackets, lower case."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        end = host.find("]")
+        return host[1:end] if end > 0 else host
+    name, colon, port = host.rpartition(":")
+    if colon and port.isdigit() and ":" not in name:
+        host = name
+    return host.rstrip(".")
+
+
+def allowed_hosts(config: ServerConfig, server_address: str | None) -> tuple[str, ...]:
+    """The host names a request may name in ``Host``: ``allowed_hosts``, or by default the
+    loopback names, the address the request came in on and ``public_url``'s host."""
+    if config.allowed_hosts is not None:
+        return tuple(host_name(h) if h != "*" else h for h in config.allowed_hosts)
+    hosts = [*LOCAL_HOSTS]
+    if server_address:
+        hosts.append(host_name(server_address))
+    if config.public_url:
+        hosts.append((urlsplit(config.public_url).hostname or "").lower())
+    return tuple(hosts)
+
+
+def host_ok(config: ServerConfig, host: str | None, server_address: str | None) -> bool:
+    """Does the server answer to ``host`` (the Host header)? A page on another name that has
+    been made to resolve to this server (DNS rebinding) names that other name. No Host header
+    (HTTP/1.0; never a browser) is let through."""
+    if host is None:
+        return True
+    name = host_name(host)
+    for allowed in allowed_hosts(config, server_address):
+        if allowed == "*" or name == allowed:
+            return True
+        if allowed.startswith("*.") and name.endswith(allowed[1:]):
+            return True
+    return False
 
 
 TWILIO_SIGNATURE = "x-twilio-signature"

@@ -157,7 +157,27 @@ def config_from_args(args: argparse.Namespace) -> Any:
         webhook_events=_csv(args.webhook_events) or ("verdict", "summary", "error"),
         ice_servers=_csv(args.ice_server),
         **guard_options(args),
+        **limit_options(args),
     )
+
+
+def limit_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``ServerConfig`` fields of the server-wide limits and of who is believed."""
+    return {
+        "max_upload_bytes": args.max_upload_bytes,
+        "max_upload_seconds": args.max_upload_seconds,
+        "max_upload_samples": args.max_upload_samples,
+        "max_score_jobs": args.max_score_jobs,
+        "max_score_queue": args.max_score_queue,
+        "max_streams": args.max_streams,
+        "max_connections": args.max_connections,
+        "header_timeout": args.header_timeout,
+        "ws_ping_interval": args.ws_ping_interval,
+        "ws_ping_timeout": args.ws_ping_timeout,
+        "trusted_proxies": _csv(args.trusted_proxies),
+        "allowed_hosts": _csv(args.allowed_hosts) or None,
+        "access_log": bool(args.access_log),
+    }
 
 
 TWILIO_AUTH_TOKEN_ENV = "VOICESCREEN_TWILIO_AUTH_TOKEN"
@@ -392,6 +412,87 @@ def add_parsers(subparsers: Any) -> None:
         "--max-streams-per-client", type=int, default=d["max_streams_per_client"].default
     )
     s.add_argument("--idle-timeout", type=float, default=d["idle_timeout"].default)
+    g = s.add_argument_group("server-wide limits and trust (docs/server.md, Limits)")
+    g.add_argument(
+        "--max-streams",
+        type=int,
+        default=d["max_streams"].default,
+        help="streams open at once over all clients (default %(default)s)",
+    )
+    g.add_argument(
+        "--max-connections",
+        type=int,
+        default=d["max_connections"].default,
+        help="HTTP requests and WebSockets in progress at once; more get 503 (default %(default)s)",
+    )
+    g.add_argument(
+        "--header-timeout",
+        type=float,
+        default=d["header_timeout"].default,
+        help="seconds a connection has to send a request's headers (default %(default)s)",
+    )
+    g.add_argument(
+        "--ws-ping-interval",
+        type=float,
+        default=d["ws_ping_interval"].default,
+        help="seconds between keep-alive pings on a WebSocket (default %(default)s)",
+    )
+    g.add_argument(
+        "--ws-ping-timeout",
+        type=float,
+        default=d["ws_ping_timeout"].default,
+        help="a stream whose client leaves a ping unanswered this long ends with "
+        "connection_lost (default %(default)s)",
+    )
+    g.add_argument(
+        "--max-upload-bytes",
+        type=int,
+        default=d["max_upload_bytes"].default,
+        help="largest POST /v1/score body (default %(default)s)",
+    )
+    g.add_argument(
+        "--max-upload-seconds",
+        type=float,
+        default=d["max_upload_seconds"].default,
+        help="longest audio POST /v1/score takes (default %(default)s)",
+    )
+    g.add_argument(
+        "--max-upload-samples",
+        type=int,
+        default=d["max_upload_samples"].default,
+        help="most samples (frames x channels) an upload may decode to, judged from its "
+        "header before decoding (default %(default)s: 30 min of 48 kHz stereo)",
+    )
+    g.add_argument(
+        "--max-score-jobs",
+        type=int,
+        default=d["max_score_jobs"].default,
+        help="uploads scored at once; the others wait their turn, spooled to disk "
+        "(default %(default)s)",
+    )
+    g.add_argument(
+        "--max-score-queue",
+        type=int,
+        default=d["max_score_queue"].default,
+        help="uploads arriving, waiting or scored at once (each spooled to disk, up to "
+        "--max-upload-bytes); more get 503 (default %(default)s)",
+    )
+    g.add_argument(
+        "--trusted-proxies",
+        help="comma-separated addresses or networks of reverse proxies whose X-Forwarded-For "
+        "and X-Forwarded-Proto are believed (default none: each connection is its own client)",
+    )
+    g.add_argument(
+        "--allowed-hosts",
+        help="comma-separated host names the server answers to in Host, *.example.com "
+        "wildcards, * for any (default: localhost, the loopback and bind addresses, and "
+        "--public-url's host)",
+    )
+    g.add_argument(
+        "--access-log",
+        action="store_true",
+        help="log each request (a token in a query is shown as token=...)",
+    )
     s.add_argument(
         "--twilio-sink",
         help="where Twilio results go: comma-separated socket,webhook,log (default socket,log, "

@@ -3,6 +3,7 @@ server is built from one ``ServerConfig`` by ``voicescreen.web.create_app``."""
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,7 @@ SAMPLE_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
 TWILIO_SINKS = ("socket", "webhook", "log")
 EVENT_TYPES = ("score", "no_speech", "overloaded", "verdict", "error", "summary")
 RATE_LIMITS = ("throttle", "close")  # what a stream sending faster than allowed gets
+MAX_UPLOAD_SAMPLES = 1800 * 48000 * 2  # decoded samples of an upload: 30 min of 48 kHz stereo
 
 
 @dataclass(frozen=True)
@@ -38,8 +40,20 @@ class ServerConfig:
     ``allowed_origins`` (browser origins besides the server's own that may use the API);
     ``max_frame_bytes`` per WebSocket message; ``max_stream_seconds`` per stream (audio or wall
     time, whichever runs out first); ``max_streams_per_client`` open at once per client address;
-    ``idle_timeout`` seconds without a message before a stream is ended; ``max_upload_bytes`` and
-    ``max_upload_seconds`` for ``POST /v1/score``.
+    ``idle_timeout`` seconds without a message before a stream is ended; ``max_upload_bytes``,
+    ``max_upload_seconds`` and ``max_upload_samples`` (decoded samples, frames x channels, judged
+    from the file's header before it is decoded) for ``POST /v1/score``, where uploads wait
+    spooled to disk for one of ``max_score_jobs`` slots, ``max_score_queue`` of them at most.
+
+    The server as a whole: ``max_streams`` open at once over all clients, ``max_connections``
+    HTTP requests and WebSockets in progress at once; ``header_timeout`` seconds a connection
+    has to send a request's headers (slow senders are cut); a WebSocket is pinged every
+    ``ws_ping_interval`` seconds and its stream ends with ``connection_lost`` when a ping goes
+    unanswered for ``ws_ping_timeout``; ``trusted_proxies``, the addresses
+    whose ``X-Forwarded-For``/``-Proto`` are believed (none: every client is its own address);
+    ``allowed_hosts``, the names the server answers to in ``Host`` (None: ``localhost``, the
+    loopback addresses, the address a request came in on and ``public_url``'s host; ``*``:
+    any); ``access_log`` (with any ``token`` in a query shown as ``token=...``).
 
     Pace (``/v1/stream`` and ``/v1/twilio``): a stream's audio may run at most
     ``max_realtime_factor`` times real time, after a burst of ``realtime_burst_seconds`` of
@@ -81,9 +95,19 @@ class ServerConfig:
     idle_timeout: float = 30.0
     max_upload_bytes: int = 64 << 20
     max_upload_seconds: float = 1800.0
+    max_upload_samples: int = MAX_UPLOAD_SAMPLES
     max_score_jobs: int = 1  # uploads scored at once; the others wait their turn
+    max_score_queue: int = 16  # uploads arriving, waiting or scored at once (each on disk)
     sample_rates: tuple[int, ...] = SAMPLE_RATES
     max_channels: int = 8
+    max_streams: int = 1024
+    max_connections: int = 2048
+    header_timeout: float = 10.0
+    ws_ping_interval: float = 20.0
+    ws_ping_timeout: float = 20.0
+    trusted_proxies: tuple[str, ...] = ()
+    allowed_hosts: tuple[str, ...] | None = None
+    access_log: bool = False
 
     twilio_sinks: tuple[str, ...] = ("socket", "log")
     webhook_url: str | None = None
@@ -112,14 +136,39 @@ class ServerConfig:
             raise ValueError("the triton backend needs the server's gRPC URL (--triton-url)")
         if self.token is not None and not self.token:
             raise ValueError("token must be a non-empty string (or None for no token)")
-        for name in ("max_frame_bytes", "max_streams_per_client", "max_upload_bytes"):
+        for name in (
+            "max_frame_bytes",
+            "max_streams_per_client",
+            "max_upload_bytes",
+            "max_upload_samples",
+            "max_streams",
+            "max_connections",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
-        for name in ("max_stream_seconds", "idle_timeout", "max_upload_seconds"):
+        for name in (
+            "max_stream_seconds",
+            "idle_timeout",
+            "max_upload_seconds",
+            "header_timeout",
+            "ws_ping_interval",
+            "ws_ping_timeout",
+        ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
-        if self.max_score_jobs < 1 or self.max_channels < 1:
-            raise ValueError("max_score_jobs and max_channels must be at least 1")
+        for proxy in self.trusted_proxies:
+            try:
+                ipaddress.ip_network(proxy, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"trusted proxies are IP addresses or networks (10.0.0.0/8), got {proxy!r}"
+                ) from None
+        if self.allowed_hosts is not None and (
+            not self.allowed_hosts or not all(h.strip() for h in self.allowed_hosts)
+        ):
+            raise ValueError("allowed_hosts must name at least one host (or be None)")
+        if self.max_score_jobs < 1 or self.max_channels < 1 or self.max_score_queue < 1:
+            raise ValueError("max_score_jobs, max_score_queue and max_channels must be at least 1")
         unknown = set(self.twilio_sinks) - set(TWILIO_SINKS)
         if unknown:
             raise ValueError(f"unknown Twilio sink(s) {sorted(unknown)}; use {TWILIO_SINKS}")

@@ -3,7 +3,9 @@ loopback port (tests, load tests, embedding)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import re
 import socket
 import threading
 import time
@@ -13,6 +15,7 @@ import uvicorn
 
 from voicescreen.web.app import create_app
 from voicescreen.web.config import ServerConfig
+from voicescreen.web.streams import KEEPALIVE_LOST
 
 log = logging.getLogger(__name__)
 
@@ -35,18 +38,123 @@ def _quiet_denials() -> None:
         logger.addFilter(_DenialLogFilter())
 
 
+TOKEN_IN_QUERY = re.compile(r"([?&]token=)[^&\s]*", re.IGNORECASE)
+
+
+class _TokenLogFilter(logging.Filter):
+    """An access log line names the request's path and query: a ``?token=`` there (a browser's
+    WebSocket, the demo page's URL) is shown as ``token=...``."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(
+                TOKEN_IN_QUERY.sub(r"\1...", a) if isinstance(a, str) else a for a in record.args
+            )
+        return True
+
+
+def _redact_access_log() -> None:
+    logger = logging.getLogger("uvicorn.access")
+    if not any(isinstance(f, _TokenLogFilter) for f in logger.filters):
+        logger.addFilter(_TokenLogFilter())
+
+
+def header_deadline_protocol(seconds: float) -> type[asyncio.Protocol] | str:
+    """uvicorn's HTTP protocol (httptools), with a deadline on request headers: a connection
+    that has not sent a whole request head within ``seconds`` of opening, or of the end of its
+    previous response, is closed. uvicorn waits for headers for ever (its keep-alive timeout
+    stops at the first byte), so a client that trickled headers held a connection for good.
+    (Without httptools: uvicorn's own choice, and no deadline, said in the log.)"""
+    try:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    except ImportError:  # pragma: no cover - uvicorn[standard] brings httptools
+        log.warning("httptools is missing: request headers have no deadline")
+        return "auto"
+
+    class HeaderDeadline(HttpToolsProtocol):
+        _header_deadline: asyncio.TimerHandle | None = None
+
+        def _busy(self) -> bool:
+            return self.cycle is not None and not self.cycle.response_complete
+
+        def _arm(self) -> None:
+            self._disarm()
+            if not self._busy():  # (a pipelined request may already be running)
+                self._header_deadline = self.loop.call_later(seconds, self._headers_late)
+
+        def _disarm(self) -> None:
+            if self._header_deadline is not None:
+                self._header_deadline.cancel()
+                self._header_deadline = None
+
+        def _headers_late(self) -> None:
+            self._header_deadline = None
+            if self.transport.is_closing() or self._busy():
+                return
+            client = self.client[0] if self.client else "?"
+            log.info("closing a connection from %s: no request headers in %g s", client, seconds)
+            self.transport.close()
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm()
+
+        def on_headers_complete(self) -> None:
+            self._disarm()
+            super().on_headers_complete()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing():
+                self._arm()  # the next request on this connection gets as long
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+    return HeaderDeadline
+
+
+def keepalive_protocol() -> type[asyncio.Protocol] | str:
+    """uvicorn's WebSocket protocol (websockets, sans-I/O), telling the app when it drops a
+    connection for an unanswered keep-alive ping: the ``websocket.disconnect`` it then gives
+    says so (code 1011, reason ``KEEPALIVE_LOST``) instead of the 1005 of any lost connection,
+    so the stream is not taken for one its client closed."""
+    try:
+        from uvicorn.protocols.websockets.websockets_sansio_impl import (
+            WebSocketsSansIOProtocol,
+        )
+    except ImportError:  # pragma: no cover - uvicorn[standard] brings websockets
+        return "auto"
+
+    class KeepaliveAware(WebSocketsSansIOProtocol):
+        def keepalive_timeout(self) -> None:
+            if not (self.close_sent or self.transport.is_closing()):
+                lost = {"type": "websocket.disconnect", "code": 1011, "reason": KEEPALIVE_LOST}
+                self.queue.put_nowait(lost)
+            super().keepalive_timeout()
+
+    return KeepaliveAware
+
+
 def uvicorn_config(app: Any, config: ServerConfig, **options: Any) -> uvicorn.Config:
     """uvicorn's settings for ``app``: WebSocket messages a little above the app's own frame
     limit (so an oversize frame gets the app's clear error, and a huge one is cut by the
-    protocol), no access log (streams log themselves)."""
+    protocol), a deadline on request headers, forwarded headers believed from the trusted
+    proxies only, no access log unless asked for (streams log themselves)."""
     _quiet_denials()
+    _redact_access_log()
     options.setdefault("log_config", None)
-    options.setdefault("access_log", False)
+    options.setdefault("access_log", config.access_log)
     return uvicorn.Config(
         app,
+        http=header_deadline_protocol(config.header_timeout),
+        proxy_headers=bool(config.trusted_proxies),
+        forwarded_allow_ips=list(config.trusted_proxies),
         ws_max_size=max(2 * config.max_frame_bytes + 4096, 1 << 16),
-        ws_ping_interval=20.0,
-        ws_ping_timeout=20.0,
+        ws=keepalive_protocol(),
+        ws_ping_interval=config.ws_ping_interval,
+        ws_ping_timeout=config.ws_ping_timeout,
         timeout_graceful_shutdown=5,
         **options,
     )

@@ -117,6 +117,7 @@ class AppState:
         self.rtc: RtcPeers | None = None
         self._scorers: dict[str, Scorer] = {}
         self._score_slots: asyncio.Semaphore | None = None
+        self.uploads = 0  # POST /v1/score requests arriving, waiting or being scored
         log.info(
             "serving %s",
             "; ".join(

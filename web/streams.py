@@ -54,8 +54,15 @@ CLOSE_CODES = {
     "idle_timeout": CLOSE_POLICY,
     "rate_limited": CLOSE_POLICY,
     "too_many_streams": CLOSE_TRY_AGAIN,
+    "connection_lost": CLOSE_INTERNAL,  # (the socket is gone: no one reads it)
     "internal": CLOSE_INTERNAL,
 }
+
+
+# The reason of the ``websocket.disconnect`` the server's protocol gives a WebSocket whose peer
+# left a keep-alive ping unanswered (``voicescreen.web.server``): the connection was lost, the
+# client did not close it.
+KEEPALIVE_LOST = "keepalive ping timeout"
 
 
 class StreamError(Exception):
@@ -210,23 +217,31 @@ class Streams:
         self.workers = workers
         self.metrics = metrics
         self.clients: Counter[str] = Counter()
+        self.open = 0  # streams open, all clients together
 
     @contextlib.contextmanager
     def slot(self, transport: str, client: str) -> Iterator[None]:
-        """Hold one of ``client``'s stream slots while the block runs; StreamError when the
-        client already has ``max_streams_per_client`` streams open."""
+        """Hold one of ``client``'s stream slots while the block runs; StreamError
+        ``too_many_streams`` when the client already has ``max_streams_per_client`` streams
+        open, or the server ``max_streams``. (The refusal is counted where it is delivered.)"""
         limit = self.config.max_streams_per_client
         if self.clients[client] >= limit:
-            self.metrics.rejected[transport, "too_many_streams"] += 1
             raise StreamError(
                 "too_many_streams", f"{client} already has {limit} streams open (the limit)"
             )
+        if self.open >= self.config.max_streams:
+            raise StreamError(
+                "too_many_streams",
+                f"the server already has {self.config.max_streams} streams open (its limit)",
+            )
         self.clients[client] += 1
+        self.open += 1
         self.metrics.active[transport] += 1
         try:
             yield
         finally:
             self.metrics.active[transport] -= 1
+            self.open -= 1
             self.clients[client] -= 1
             if self.clients[client] <= 0:
                 del self.clients[client]

@@ -26,6 +26,7 @@ from voicescreen.web.state import AppState
 from voicescreen.web.streams import (
     CLOSE_CODES,
     CLOSE_NORMAL,
+    KEEPALIVE_LOST,
     ClientGone,
     Deliver,
     StreamError,
@@ -54,7 +55,9 @@ class Peer:
         (403, 401) when they fail. With ``defer_token``, a request carrying no token at all is
         let in (returns None) for the protocol to present one later."""
         ws = self.ws
-        if not origin_ok(self.config, ws.headers.get("origin"), ws.headers.get("host")):
+        if not origin_ok(
+            self.config, ws.headers.get("origin"), ws.headers.get("host"), ws.url.scheme
+        ):
             await self.deny(
                 403, "forbidden_origin", f"origin {ws.headers.get('origin')} not allowed"
             )
@@ -109,6 +112,12 @@ class Peer:
             raise StreamError(code, why) from None
         if message["type"] == "websocket.disconnect":
             self.gone = True
+            if message.get("reason") == KEEPALIVE_LOST:
+                log.info("%s from %s: connection lost (keep-alive)", self.transport, self.client)
+                raise StreamError(
+                    "connection_lost",
+                    f"no answer to a keep-alive ping in {self.config.ws_ping_timeout:g} s",
+                )
         return message
 
     async def refuse(self, error: StreamError, stream: str | None = None) -> None:
