@@ -209,6 +209,8 @@ def server(bundle):
 
 
 def test_the_server_does_not_call_a_tenth_of_a_second(server, clips) -> None:
+    rule = httpx.get(server.url("/v1/models"), timeout=30).json()["smoothing"]
+    assert rule["min_speech"] == MIN_SPEECH_SECONDS  # the rule the server states, and uses
     for name, verdict in (("short", "uncertain"), ("long", "spoof")):
         with open(clips[name], "rb") as f:
             r = httpx.post(server.url("/v1/score"), files={"file": (f"{name}.wav", f)}, timeout=120)

@@ -183,6 +183,7 @@ def create_app(config: ServerConfig) -> FastAPI:
                 "windows": config.smoothing.windows,
                 "enter": config.smoothing.enter,
                 "leave": config.smoothing.leave,
+                "min_speech": config.smoothing.min_speech,
             },
             "auth": config.token is not None,
         }

@@ -122,6 +122,7 @@ def triton_options_from_args(args: argparse.Namespace) -> Any:
 
 
 def config_from_args(args: argparse.Namespace) -> Any:
+    from voicescreen.cli import verdict_options
     from voicescreen.stream import BatchOptions, VadOptions, WindowOptions
     from voicescreen.web.config import ServerConfig
 
@@ -146,6 +147,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
         triton=triton_options_from_args(args),
         window=WindowOptions(hop_seconds=args.hop),
         vad=VadOptions(min_voiced=args.min_voiced, enabled=not args.no_vad),
+        smoothing=verdict_options(args),
         token=args.token or os.environ.get(TOKEN_ENV) or None,
         allowed_origins=_csv(args.allow_origin),
         max_frame_bytes=args.max_frame_bytes,
@@ -342,7 +344,7 @@ def cmd_tap(args: argparse.Namespace) -> int:
 def add_parsers(subparsers: Any) -> None:
     """Register ``serve`` and ``tap`` on the CLI's subparsers."""
     from voicescreen.audio import CHANNELS, HOP_SECONDS
-    from voicescreen.cli import add_runtime_arguments
+    from voicescreen.cli import add_runtime_arguments, add_verdict_arguments
     from voicescreen.stream import BatchOptions, VadOptions
     from voicescreen.stream.backends import BACKENDS
     from voicescreen.web.config import ServerConfig
@@ -394,7 +396,10 @@ def add_parsers(subparsers: Any) -> None:
         help="shed a window still queued this long, with an overloaded event; 0: never "
         f"(default {SERVE_MAX_DELAY_MS:g})",
     )
-    s.add_argument("--hop", type=float, default=HOP_SECONDS, help="window hop in seconds")
+    s.add_argument(
+        "--hop", type=float, default=HOP_SECONDS, help="window hop, seconds (default: %(default)g)"
+    )
+    add_verdict_arguments(s)
     s.add_argument(
         "--min-voiced",
         type=float,
@@ -548,7 +553,11 @@ def add_parsers(subparsers: Any) -> None:
         "real-time pace and print what comes back.",
     )
     t.add_argument("file", metavar="FILE", help="wav/flac/ogg")
-    t.add_argument("--url", default="ws://127.0.0.1:8000/v1/stream", help="the endpoint")
+    t.add_argument(
+        "--url",
+        default="ws://127.0.0.1:8000/v1/stream",
+        help="the endpoint, ws:// or wss:// (default: %(default)s)",
+    )
     t.add_argument(
         "--twilio", action="store_true", help="speak Twilio Media Streams (8 kHz mu-law)"
     )

@@ -166,9 +166,20 @@ class AppState:
         if name not in self._scorers:
             bundle = self.bundles[name]
             if self.config.backend in LOCAL_BACKENDS:
-                scorer = Scorer(bundle, self.config.backend, **self._runtime_options)
+                scorer = Scorer(
+                    bundle,
+                    self.config.backend,
+                    smoothing=self.config.smoothing,
+                    vad=self.config.vad,
+                    **self._runtime_options,
+                )
             else:
-                scorer = Scorer(bundle, runtime=self.runtimes[name])
+                scorer = Scorer(
+                    bundle,
+                    runtime=self.runtimes[name],
+                    smoothing=self.config.smoothing,
+                    vad=self.config.vad,
+                )
             self._scorers[name] = scorer
         return self._scorers[name]
 

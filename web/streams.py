@@ -316,6 +316,7 @@ class Streams:
                 "windows": self.config.smoothing.windows,
                 "enter": self.config.smoothing.enter,
                 "leave": self.config.smoothing.leave,
+                "min_speech": self.config.smoothing.min_speech,
             },
         }
 
