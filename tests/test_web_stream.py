@@ -233,6 +233,32 @@ def test_tap_reports_an_unreachable_server(data_dir, capsys):
     assert "cannot connect" in capsys.readouterr().err
 
 
+def test_tap_explains_a_wrong_url_in_one_line(server, data_dir):
+    """Through the real command: an http:// URL, one without a scheme, and a path the server
+    has no WebSocket at (which it answers 404, not 403) each get one line saying what to do."""
+    import subprocess
+    import sys
+
+    path = str(dev_clip(data_dir, "bonafide", 4.0, 4.3))
+    http = server.url("/").rstrip("/")
+    ws = server.ws_url("/v1/stream")
+    cases = {
+        http: f"a WebSocket URL is needed: {ws}",
+        ws.removeprefix("ws://"): "not a WebSocket URL; give one like ws://",
+        server.ws_url("/v1/nope"): "HTTP 404: no WebSocket endpoint at '/v1/nope'",
+    }
+    for url, says in cases.items():
+        p = subprocess.run(
+            [sys.executable, "-m", "voicescreen", "tap", path, "--url", url, "--fast"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert p.returncode == 2, (url, p.stderr)
+        assert says in p.stderr and "Traceback" not in p.stderr, (url, p.stderr)
+        assert len(p.stderr.strip().splitlines()) == 1, p.stderr
+
+
 def test_the_server_logs_no_errors_for_good_streams(server):
     """Every stream above ended normally: no error events were counted."""
     text = urllib.request.urlopen(server.url("/metrics")).read().decode()

@@ -34,6 +34,23 @@ log = logging.getLogger(__name__)
 Outgoing = tuple[bytes | dict[str, Any], float]  # a message and the seconds of audio it holds
 
 
+def check_url(url: str) -> None:
+    """A ``ws://`` or ``wss://`` URL with a host, or a ``TapError`` saying what to give instead
+    (an ``http://`` URL gets its WebSocket form)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.scheme in ("http", "https") and parts.netloc:
+        scheme = "wss" if parts.scheme == "https" else "ws"
+        path = parts.path if parts.path not in ("", "/") else "/v1/stream"
+        raise TapError(f"{url}: a WebSocket URL is needed: {scheme}://{parts.netloc}{path}")
+    if parts.scheme not in ("ws", "wss") or not parts.netloc:
+        raise TapError(
+            f"{url}: not a WebSocket URL; give one like ws://127.0.0.1:8000/v1/stream "
+            "(or /v1/twilio with --twilio)"
+        )
+
+
 class TapError(RuntimeError):
     """The server refused the connection (HTTP status and its message) or could not be reached."""
 
@@ -184,6 +201,7 @@ async def converse(
     from websockets.asyncio.client import connect
     from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+    check_url(url)
     headers = {**(headers or {}), **({"Authorization": f"Bearer {token}"} if token else {})}
     result = TapResult()
     try:
@@ -191,9 +209,10 @@ async def converse(
             url, additional_headers=headers, open_timeout=open_timeout, max_size=None
         )
     except InvalidStatus as e:
-        body = e.response.body.decode(errors="replace") if e.response.body else ""
+        body = e.response.body.decode(errors="replace").strip() if e.response.body else ""
         with contextlib.suppress(json.JSONDecodeError, AttributeError):
             body = json.loads(body).get("detail", body)
+        body = body or e.response.reason_phrase or "refused"
         raise TapError(
             f"{url}: HTTP {e.response.status_code}: {body}", e.response.status_code
         ) from e

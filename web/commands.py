@@ -289,9 +289,13 @@ def _describe(message: dict[str, Any]) -> str | None:
 
 def cmd_tap(args: argparse.Namespace) -> int:
     from voicescreen.audio import AudioError
-    from voicescreen.web.client import TapError, converse, tap_messages
+    from voicescreen.web.client import TapError, check_url, converse, tap_messages
 
     url = args.url
+    try:
+        check_url(url)
+    except TapError as e:
+        return _fail(str(e))
     if args.twilio and url.rstrip("/").endswith("/v1/stream"):
         return _fail("--twilio streams to the /v1/twilio endpoint; fix --url")
     try:

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TRANSPORT_PATHS = {"/v1/stream": "stream", "/v1/twilio": "twilio", "/v1/rtc/offer": "rtc"}
+WEBSOCKET_PATHS = ("/v1/stream", "/v1/twilio")
 CLOSE_BAD_HOST = 1008
 CLOSE_TRY_AGAIN = 1013
 
@@ -56,6 +57,18 @@ class Guard:
                 "too_many_connections",
                 f"the server has {config.max_connections} connections open (its limit); "
                 "try again later",
+            )
+            return
+        if scope["type"] == "websocket" and scope.get("path") not in WEBSOCKET_PATHS:
+            # Starlette would refuse it as 403, which reads as "not allowed"; say what it is
+            await self.refuse(
+                scope,
+                receive,
+                send,
+                404,
+                "no_such_endpoint",
+                f"no WebSocket endpoint at {scope.get('path', '')[:100]!r}; the server has "
+                + " and ".join(WEBSOCKET_PATHS),
             )
             return
         self.open += 1
