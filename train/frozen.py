@@ -20,7 +20,9 @@ a small corpus changes little in those first layers, so with ``frozen_blocks = k
 
 The exported model is the whole network (frozen part unchanged), so a bundle trained this way is
 an ordinary bundle. On CPU the prefix runs in ONNX Runtime (about 10x PyTorch eager here), on
-CUDA in PyTorch. Only the AASIST family has this mode.
+CUDA in PyTorch. The AASIST family has this mode, and so does a model with a fixed frozen part
+(a pretrained encoder, ``models/whisper.py``): it defines ``frozen_features(x)`` and
+``head_logits(features)``, and any ``k`` > 0 means "train on its cached frozen features".
 """
 
 from __future__ import annotations
@@ -56,6 +58,10 @@ PREFIX_BATCH = 8
 def check_frozen(recipe: Recipe, model: nn.Module) -> int:
     """The number of frozen encoder blocks, validated against the model."""
     k = recipe.frozen_blocks
+    if hasattr(model, "frozen_features"):  # its frozen part is fixed: k only switches this on
+        if k < 1:
+            raise ValueError(f"frozen_blocks must be >= 1 for {recipe.architecture}")
+        return k
     if get_architecture(recipe.architecture).cls != "AASIST":
         raise ValueError(f"frozen_blocks works for the AASIST family, not {recipe.architecture}")
     n = len(model.encoder)
@@ -74,6 +80,8 @@ def prefix_module(model: nn.Module, k: int) -> nn.Module:
             self.model = model
 
         def forward(self, x):
+            if hasattr(self.model, "frozen_features"):
+                return self.model.frozen_features(x)
             return self.model.encoder[:k](self.model.front_end(x))
 
     return Prefix().eval()
@@ -81,11 +89,15 @@ def prefix_module(model: nn.Module, k: int) -> nn.Module:
 
 def head_logits(model: nn.Module, k: int, features: torch.Tensor) -> torch.Tensor:
     """Logits from the frozen part's output: blocks ``k ..``, |.|, the graph-attention head."""
+    if hasattr(model, "head_logits"):
+        return model.head_logits(features)
     return model.readout(model.encoder[k:](features).abs())[1]
 
 
 def trainable_parameters(model: nn.Module, k: int) -> list[torch.nn.Parameter]:
     """The parameters after the frozen part; the others get ``requires_grad = False``."""
+    if hasattr(model, "frozen_features"):  # its frozen part holds buffers, no parameters
+        return [p.requires_grad_(True) for p in model.parameters()]
     frozen = {
         id(p) for m in (model.conv_time, model.first_bn, model.encoder[:k]) for p in m.parameters()
     }
@@ -224,6 +236,8 @@ def feature_cache(
         "frozen_blocks": k,
         "samples": samples,
     }
+    if getattr(model, "pretrained", None):  # frozen weights from elsewhere (an extra)
+        key["pretrained"] = model.pretrained.get("sha256")
     return FeatureCache(folder, lambda: prefix_runner(model, k, samples, device), key)
 
 

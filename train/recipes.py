@@ -86,8 +86,10 @@ class Recipe:
     eval_every: int = 1  # dev loss/accuracy/EER every N epochs (0: only at export)
     # Dev channels whose pooled scores set the exported threshold (the product's channel).
     calibration: tuple[str, ...] = ("clean",)
-    # AASIST only: keep the front end and this many encoder blocks at their initial weights and
+    # AASIST: keep the front end and this many encoder blocks at their initial weights and
     # train the rest on features cached once per window (train/frozen.py); 0: train it all.
+    # whisper-tiny-pool: any value > 0 (its encoder is always frozen; model.layers picks what
+    # the back-end sees); 0 runs the frozen encoder on every training step instead.
     frozen_blocks: int = 0
     feature_copies: int = (
         4  # cached windows per training clip with frozen_blocks (1 clean + augmented)
@@ -120,8 +122,8 @@ class Recipe:
             problems.append("subset must be >= 2 (or absent for all clips)")
         if self.frozen_blocks < 0 or self.feature_copies < 1:
             problems.append("frozen_blocks must be >= 0 and feature_copies >= 1")
-        if self.frozen_blocks and get_architecture(self.architecture).cls != "AASIST":
-            problems.append("frozen_blocks works for the AASIST family only")
+        if self.frozen_blocks and not get_architecture(self.architecture).frozen_prefix:
+            problems.append("frozen_blocks works for the AASIST family and whisper-tiny-pool only")
         bad = [c for c in self.calibration if c not in CHANNELS]
         if bad or not self.calibration:
             problems.append(f"calibration channels must be among {list(CHANNELS)}, got {bad}")
@@ -199,6 +201,18 @@ _LCNN = {
     "crop": "random",
 }
 
+# The back-end of a frozen pretrained encoder: small, trained from scratch on cached frames.
+_WHISPER = {
+    "epochs": 20,
+    "batch_size": 32,
+    "lr": 1e-3,
+    "lr_min": 1e-5,
+    "weight_decay": 1e-4,
+    "scheduler": "cosine",
+    "crop": "random",
+    "frozen_blocks": 1,
+}
+
 RECIPES: dict[str, dict[str, Any]] = {
     "aasist": {"architecture": "aasist", "init": "official", **_AASIST},
     "aasist-l": {"architecture": "aasist-l", "init": "official", **_AASIST},
@@ -208,6 +222,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     "lcnn": {"architecture": "lcnn", **_LCNN},
     "lcnn-mel": {"architecture": "lcnn-mel", **_LCNN},
     "lfcc-gmm": {"architecture": "lfcc-gmm", "epochs": 1, "batch_size": 1},
+    "whisper-tiny-pool": {"architecture": "whisper-tiny-pool", **_WHISPER},
 }
 
 
