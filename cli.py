@@ -408,21 +408,23 @@ def cmd_models(args: argparse.Namespace) -> int:
         archs = {a.name: a.description for a in ARCHITECTURES.values()}
         print(json.dumps({"bundles": rows, "architectures": archs}, indent=2))
         return 0
+    arch_width = max(len(a) for a in ARCHITECTURES)  # columns that hold every name
+    name_width = max([24, *(len(r["name"]) for r in rows)])
     print(f"Bundles (shipped default, and {bundle_home()}):")
     if not rows:
         print("  none")
     for r in rows:
         if "error" in r:
-            print(f"  {r['name']:<24} BROKEN: {r['error']}")
+            print(f"  {r['name']:<{name_width}} BROKEN: {r['error']}")
         else:
             params = "n/a" if r["parameters"] is None else f"{r['parameters']:,}"
             print(
-                f"  {r['name']:<24} {r['architecture']:<14} {params:>10} params  "
-                f"threshold {r['threshold']:+.3f}  {r['path']}"
+                f"  {r['name']:<{name_width}} {r['architecture']:<{arch_width}} {params:>10} "
+                f"params  threshold {r['threshold']:+.3f}  {r['path']}"
             )
     print("\nArchitectures:")
     for a in ARCHITECTURES.values():
-        print(f"  {a.name:<14} {a.description}")
+        print(f"  {a.name:<{arch_width}} {a.description}")
     return 0
 
 

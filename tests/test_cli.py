@@ -116,6 +116,11 @@ def test_models_lists_installed_bundles(home):
     (broken / "card.json").write_text("{}")
     listing = json.loads(run("models", "--json", home=home).stdout)
     assert "error" in {b["name"]: b for b in listing["bundles"]}["broken"]
+    # the table: every description starts in one column, whatever the architecture's name
+    text = run("models", home=home).stdout.split("Architectures:")[1].splitlines()[1:]
+    starts = {line.index(desc) for line in text for desc in listing["architectures"].values()
+              if line.endswith(desc)}  # fmt: skip
+    assert len(text) == len(listing["architectures"]) and len(starts) == 1, text
 
 
 def test_shipped_default_bundle_works_offline_and_its_card_is_true(tmp_path, data_dir):
