@@ -25,6 +25,16 @@ HOP_SAMPLES = int(HOP_SECONDS * SAMPLE_RATE)
 # audio (16 kHz and up: G.722, Opus, a sound card) through the same model.
 WIDEBAND, NARROWBAND = "wideband", "narrowband"
 CHANNELS = (WIDEBAND, NARROWBAND)
+
+
+def check_channel(channel: object) -> str | None:
+    """``channel`` itself when it is None or one of ``CHANNELS``; else a ValueError saying which
+    are (each surface wraps it in its own error: a stream's ``bad_start``, an HTTP 422)."""
+    if channel is None or channel in CHANNELS:
+        return channel
+    raise ValueError(f"channel must be one of {list(CHANNELS)}, got {str(channel)[:40]!r}")
+
+
 NARROWBAND_MAX_RATE = 8000  # Hz: a source at this rate or below can hold nothing above 4 kHz
 BAND_EDGE_HZ = 4000.0  # narrowband audio has (almost) no energy above this
 # Energy above BAND_EDGE_HZ (up to 7.5 kHz) relative to the 300-3400 Hz speech band, in dB, below

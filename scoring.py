@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from voicescreen.audio import (
-    CHANNELS,
     HOP_SECONDS,
     SAMPLE_RATE,
+    check_channel,
     measure_channel,
     read_audio,
     sliding_windows,
@@ -106,9 +106,7 @@ class Scorer:
     ) -> FileScore:
         """Score a 16 kHz mono signal window by window (hop in seconds). ``rate``: the sample
         rate of its source; ``channel``: wideband or narrowband, None to measure it."""
-        if channel is not None and channel not in CHANNELS:
-            raise ValueError(f"unknown channel {channel!r}; use one of {list(CHANNELS)}")
-        channel = channel or measure_channel(x, rate)
+        channel = check_channel(channel) or measure_channel(x, rate)
         spec, calibration = self.spec.for_channel(channel)
         wins = list(sliding_windows(x, self.bundle.input_samples, int(round(hop * SAMPLE_RATE))))
         raw = self.score_windows(np.stack([w.samples for w in wins]))

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from voicescreen.audio import CHANNELS, SAMPLE_RATE, AudioError
+from voicescreen.audio import SAMPLE_RATE, AudioError, check_channel
 from voicescreen.models.incremental import aligned_hop
 from voicescreen.stream.codecs import AudioFormat, check_samples, decode
 from voicescreen.stream.events import (
@@ -130,9 +130,7 @@ class Session:
             raise ValueError("a session needs at least one model")
         self.stream_id = stream_id or uuid.uuid4().hex[:12]
         self.format = fmt or AudioFormat()
-        if channel is not None and channel not in CHANNELS:
-            raise ValueError(f"unknown channel {channel!r}; use one of {list(CHANNELS)}")
-        self.channel = channel or self.format.channel
+        self.channel = check_channel(channel) or self.format.channel
         self.vad = vad or VadOptions()
         self.smoothing = smoothing or SmoothingOptions()
         self._clock = clock

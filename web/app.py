@@ -39,11 +39,11 @@ from fastapi.staticfiles import StaticFiles
 
 import voicescreen
 from voicescreen.audio import (
-    CHANNELS,
     HOP_SECONDS,
     SAMPLE_RATE,
     AudioError,
     AudioTooLarge,
+    check_channel,
     check_header,
     read_audio,
 )
@@ -225,10 +225,10 @@ def create_app(config: ServerConfig) -> FastAPI:
             raise HttpError(404, "unknown_model", f"no model {name!r}; have {list(state.workers)}")
         if not MIN_HOP <= hop <= 60:
             raise HttpError(422, "bad_request", f"hop must be {MIN_HOP}-60 s, got {hop}")
-        if channel is not None and channel not in CHANNELS:
-            raise HttpError(
-                422, "bad_request", f"channel must be one of {list(CHANNELS)}, got {channel[:40]!r}"
-            )
+        try:
+            check_channel(channel)
+        except ValueError as e:
+            raise HttpError(422, "bad_request", str(e)) from None
         if state.uploads >= config.max_score_queue:  # each holds a file of up to the limit
             raise HttpError(
                 503,

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from voicescreen.audio import CHANNELS
+from voicescreen.audio import check_channel
 from voicescreen.stream import (
     AudioFormat,
     DecodeError,
@@ -162,11 +162,10 @@ def parse_start(
         raise StreamError("bad_start", str(e)) from None
     models = message.get("models")
     stream_id = message.get("stream_id")
-    channel = message.get("channel")
-    if channel is not None and channel not in CHANNELS:
-        raise StreamError(
-            "bad_start", f"channel must be one of {list(CHANNELS)}, got {str(channel)[:40]!r}"
-        )
+    try:
+        channel = check_channel(message.get("channel"))
+    except ValueError as e:
+        raise StreamError("bad_start", str(e)) from None
     return StreamStart(
         fmt,
         None if models is None else check_models(models, known),
