@@ -229,7 +229,10 @@ def test_explain_writes_attention_heatmaps(trained, small_corpus):
         assert np.allclose(maps[key].sum(axis=-1), 1.0, atol=1e-5)  # rows are distributions
     assert maps["GAT_layer_S"].shape == (8, 8)  # 24 sinc filters / 3
     info = json.loads((out / "explain.json").read_text())
-    assert info["verdict"] in ("bonafide", "spoof") and len(info["spectral_nodes_hz"]) == 8
+    assert len(info["spectral_nodes_hz"]) == 8
+    # the verdict rule on the window's calibrated score (the clip holds over a second of speech)
+    c = info["calibrated"]
+    assert info["verdict"] == ("bonafide" if c >= 0.5 else "spoof" if c <= -0.5 else "uncertain")
 
 
 def test_explain_refuses_other_architectures(tmp_path, small_corpus):
