@@ -188,3 +188,15 @@ def test_a_reader_that_leaves_early_and_ctrl_c_end_quietly(tmp_path):
     _, err = p.communicate(timeout=120)
     assert p.returncode == 130 and "Traceback" not in err, err
     assert "Shutting down" in err and "KeyboardInterrupt" not in err
+
+
+def test_help_describes_score_and_states_defaults(tmp_path):
+    """``score --help`` says what it does; ``--hop``, ``--min-speech`` and ``tap --url`` say
+    their defaults (through the real command)."""
+    score = run("score", "--help", home=tmp_path).stdout
+    assert "Score audio files offline" in score
+    assert "(default: 1)" in " ".join(score.split())  # --hop and --min-speech
+    tap = " ".join(run("tap", "--help", home=tmp_path).stdout.split())
+    assert "(default: ws://127.0.0.1:8000/v1/stream)" in tap
+    serve = " ".join(run("serve", "--help", home=tmp_path).stdout.split())
+    assert "window hop, seconds (default: 1)" in serve
