@@ -241,8 +241,9 @@ def test_overload_is_reported_and_nothing_is_lost(bundle, runtime, dev_clips):
         assert s.shed == sum(len(e.windows) for e in events if e.type == "overloaded")
         assert s.no_speech >= 1  # the trailing silence
         total_shed += s.shed
-    assert out[0][-1].models["aasist-l"].scored == 2  # the queue held two windows
-    assert out[2][-1].models["aasist-l"].scored == 0
+    # the queue holds two windows, shared fairly: s0 filled it, s1 took one of its places (s0's
+    # oldest was shed), and s2 found no stream holding more than one window more than itself
+    assert [o[-1].models["aasist-l"].scored for o in out] == [1, 1, 0]
     assert total_shed == w.metrics.shed and w.metrics.scored == 2
 
 
