@@ -129,7 +129,8 @@ class Scorer:
             )
         mean_raw = float(raw.mean())
         mean_cal = float(spec.calibrate(mean_raw))
-        whole = summarise([mean_cal], speech(x.size), self.smoothing)
+        heard = speech(x.size)
+        whole = summarise([mean_cal], heard, self.smoothing)
         return FileScore(
             file=name,
             duration=len(x) / SAMPLE_RATE,
@@ -142,7 +143,7 @@ class Scorer:
             windows=scored,
             channel=channel,
             calibration=calibration,
-            speech=speech(x.size),
+            speech=heard,
             reason=whole.reason,
         )
 

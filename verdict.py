@@ -94,8 +94,8 @@ def summarise(scores: Sequence[float], speech: float, options: SmoothingOptions)
     if len(scores) == 0:
         return Summary(None, "uncertain", "no window was scored")
     mean = float(sum(scores) / len(scores))
-    reason = too_little_speech(speech, options)
-    return Summary(mean, "uncertain" if reason else decide(mean, "uncertain", options), reason)
+    verdict = judge(mean, "uncertain", speech, options)
+    return Summary(mean, verdict, too_little_speech(speech, options))
 
 
 class Smoother:

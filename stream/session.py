@@ -382,7 +382,8 @@ class Session:
     def _summarise(self, track: _Track) -> ModelSummary:
         a = track.account
         scores = a.scores
-        whole = summarise(scores, self._speech(), self.smoothing)
+        heard = self._speech()
+        whole = summarise(scores, heard, self.smoothing)
         return ModelSummary(
             windows=a.windows,
             scored=len(scores),
@@ -396,7 +397,7 @@ class Session:
             max=max(scores) if scores else None,
             verdict=whole.verdict,
             reason=whole.reason,
-            speech=self._speech(),
+            speech=heard,
             channel=self.channel,
             calibration=a.calibration,
             latency_ms={
