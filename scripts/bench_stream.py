@@ -41,7 +41,6 @@ from pathlib import Path
 
 import numpy as np
 from benchlib import command_line, machine, versions, write_section
-from conversations import conversation
 
 from voicescreen.audio import SAMPLE_RATE
 from voicescreen.models.bundle import load_bundle
@@ -58,6 +57,7 @@ from voicescreen.stream import (
     WindowOptions,
 )
 from voicescreen.stream.worker import percentile
+from voicescreen.train.conversations import conversation
 
 log = logging.getLogger("bench_stream")
 

@@ -40,12 +40,12 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import numpy as np
-from conversations import conversation
 
 from voicescreen.audio import SAMPLE_RATE
 from voicescreen.stream.codecs import encode_mulaw
 from voicescreen.stream.resample import resample
 from voicescreen.stream.worker import percentile
+from voicescreen.train.conversations import conversation
 from voicescreen.web.client import TapError, converse
 from voicescreen.web.twilio import (
     connected_message,

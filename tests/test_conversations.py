@@ -1,18 +1,13 @@
-"""``scripts/conversations.py``: the synthetic conversations the stream benchmark and the load test
+"""``train/conversations.py``: the synthetic conversations the stream benchmark and the load test
 share, built from real clips of ../shared/data."""
 
 from __future__ import annotations
-
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from voicescreen.audio import SAMPLE_RATE, load_audio
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-from conversations import clip_names, conversation  # noqa: E402
+from voicescreen.train.conversations import clip_names, conversation
 
 
 def test_clips_then_gaps_in_the_stated_proportion(data_dir):

@@ -1,14 +1,13 @@
-"""``scripts/make_extra_data.py`` on a small fake ktuberling tree cut from real corpus speech: the
-output loads as a train split, is balanced and matched, sits at the corpus's level, rate and band,
-is reproducible, no simple statistic tells bona fide from spoof, and held-out languages go to a dev
-split."""
+"""``train.extra_data`` (``scripts/make_extra_data.py``) on a small fake ktuberling tree cut from
+real corpus speech: the output loads as a train split, is balanced and matched, sits at the
+corpus's level, rate and band, is reproducible, no simple statistic tells bona fide from spoof,
+and held-out languages go to a dev split."""
 
 from __future__ import annotations
 
 import contextlib
 import io
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,10 +15,8 @@ import pytest
 import soundfile as sf
 
 from voicescreen.audio import SAMPLE_RATE, load_audio, resample
+from voicescreen.train import extra_data as extra
 from voicescreen.train.data import load_split
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-import make_extra_data as extra  # noqa: E402
 
 WORD_S = 0.75  # the fake "words": real speech cut into pieces this long
 

@@ -1,5 +1,6 @@
-"""scripts/make_default_bundle.py: the card lines it writes, and that its recipe is the one the
-shipped default was trained with (so its documented command reproduces that model).
+"""train/default.py, what scripts/make_default_bundle.py runs: the card lines it writes, and that
+its recipe is the one the shipped default was trained with (so its documented command reproduces
+that model).
 
 Training the default itself takes ~1 h here; its pieces (the frozen trainer, the calibration, the
 eval report, the validation figures) have end-to-end tests of their own."""
@@ -8,14 +9,15 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from voicescreen.train import default as mdb
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "scripts"))
-import make_default_bundle as mdb  # noqa: E402
 
 CARD = json.loads((REPO / "models" / "default" / "card.json").read_text())
 VALIDATION = {"eer": 0.0634, "at": {"card": {"bonafide_accepted": 0.937}}}
@@ -96,3 +98,18 @@ def test_paths_are_written_portably(tmp_path):
     assert portable_path(Path.home() / ".cache" / "x") == want
     elsewhere = "/nonexistent-root/data"
     assert portable_path(elsewhere) == elsewhere
+
+
+def test_the_script_is_a_command_line_over_the_package():
+    """``scripts/make_default_bundle.py`` parses its options without training: --help, and the
+    refusal to install without a bundle."""
+    script = str(REPO / "scripts" / "make_default_bundle.py")
+    p = subprocess.run([sys.executable, script, "--help"], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert "--extra-dev" in p.stdout and str(REPO / "models" / "default") in p.stdout
+    p = subprocess.run(
+        [sys.executable, script, "--out", "x", "--install", "--no-export"],
+        capture_output=True,
+        text=True,
+    )
+    assert p.returncode == 2 and "--install needs a bundle" in p.stderr

@@ -17,7 +17,8 @@ from voicescreen.models.bundle import load_bundle
 from voicescreen.train import frozen
 from voicescreen.train.data import load_split
 from voicescreen.train.recipes import load_recipe
-from voicescreen.train.trainer import build_model, train
+from voicescreen.train.start import build_model
+from voicescreen.train.trainer import train
 
 SMALL = {
     "model": {"nb_samp": 16000, "filts": [24, [1, 8], [8, 8], [8, 8], [8, 8]], "gat_dims": [8, 8]},

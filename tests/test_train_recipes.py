@@ -7,9 +7,9 @@ import math
 
 import pytest
 
-from voicescreen.train.commands import add_parsers, recipe_from_args
+from voicescreen.cli.train import add_parsers, recipe_from_args
+from voicescreen.train.optim import learning_rate
 from voicescreen.train.recipes import RECIPES, get_recipe, load_recipe, parse_sets
-from voicescreen.train.trainer import learning_rate
 
 
 def test_study_settings_are_the_defaults():

@@ -1,8 +1,8 @@
-"""scripts/validate_default.py: the figures candidates for the default bundle are chosen on.
+"""train/validate.py: the figures candidates for the default bundle are chosen on.
 
 Unit: ``validation_figures`` on hand-made scores, every threshold rule checked against values
-worked out here. End to end: the script's command line on a real bundle, a small corpus and a
-held-out corpus, against the bundle's own scores of the same clips."""
+worked out here. End to end: scripts/validate_default.py's command line on a real bundle, a small
+corpus and a held-out corpus, against the bundle's own scores of the same clips."""
 
 from __future__ import annotations
 
@@ -14,12 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from voicescreen.train import validate as vd
 from voicescreen.train.data import Utterance, load_split
 from voicescreen.train.metrics import eer
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
-sys.path.insert(0, str(SCRIPTS))
-import validate_default as vd  # noqa: E402
 
 
 def utt(speaker: str, file: str, attack: str = "-") -> Utterance:

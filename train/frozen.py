@@ -40,10 +40,14 @@ import numpy as np
 
 from voicescreen.audio import load_audio
 from voicescreen.models.registry import get_architecture
+from voicescreen.train.checkpoints import EpochTally, TrainResult, end_epoch, restore_checkpoint
 from voicescreen.train.data import Utterance
+from voicescreen.train.dataset import ClipDataset, files_digest, mix_seed
 from voicescreen.train.evaluate import first_window
 from voicescreen.train.metrics import eer
+from voicescreen.train.optim import adam, cross_entropy, learning_rate
 from voicescreen.train.recipes import Recipe
+from voicescreen.train.start import TrainError, build_model, resolve_device, set_deterministic
 
 if TYPE_CHECKING:
     import torch
@@ -273,15 +277,13 @@ def train_frozen(
     import torch
     from tqdm import tqdm
 
-    from voicescreen.train import trainer as T
-
-    device = T.resolve_device(device_name)
+    device = resolve_device(device_name)
     if recipe.threads:
         torch.set_num_threads(recipe.threads)
-    T.set_deterministic(recipe.deterministic, device)
+    set_deterministic(recipe.deterministic, device)
     arch = get_architecture(recipe.architecture)
     samples = arch.input_samples(recipe.model_config())
-    model, origin = T.build_model(recipe, device)
+    model, origin = build_model(recipe, device)
     k = check_frozen(recipe, model)
     params = trainable_parameters(model, k)
     log.info(
@@ -290,19 +292,13 @@ def train_frozen(
         sum(p.numel() for p in params),
         sum(p.numel() for p in model.parameters()),
     )
-    optimizer = torch.optim.Adam(
-        params,
-        lr=recipe.lr,
-        betas=recipe.betas,
-        weight_decay=recipe.weight_decay,
-        amsgrad=recipe.amsgrad,
-    )
-    criterion = T._criterion(recipe, device)
+    optimizer = adam(params, recipe)
+    criterion = cross_entropy(recipe, device)
 
     # -- the cache ------------------------------------------------------------------------------
     cache = feature_cache(out / "features", recipe, model, origin, k, samples, device)
-    plain = T.ClipDataset(train_utts, samples, crop=recipe.crop, augment=None, seed=recipe.seed)
-    augmented = T.ClipDataset(
+    plain = ClipDataset(train_utts, samples, crop=recipe.crop, augment=None, seed=recipe.seed)
+    augmented = ClipDataset(
         train_utts, samples, crop=recipe.crop, augment=recipe.augment, seed=recipe.seed
     )
     # One cached set per corpus folder and copy, so that adding a corpus (--extra-train) leaves
@@ -340,7 +336,7 @@ def train_frozen(
 
     dev_targets = np.array([u.target for u in dev_utts])
     dev_channels = list(dict.fromkeys(["clean", *recipe.calibration]))
-    dev_files = T._files_digest(dev_utts)
+    dev_files = files_digest(dev_utts)
     dev_features = {}
     for ch in dev_channels:
 
@@ -363,16 +359,16 @@ def train_frozen(
     steps_per_epoch = math.ceil(n_train / recipe.batch_size)
     total_steps = steps_per_epoch * recipe.epochs
     history, start_epoch, step = (
-        T.restore_checkpoint(out, recipe, model, optimizer, None) if resume else ([], 1, 0)
+        restore_checkpoint(out, recipe, model, optimizer, None) if resume else ([], 1, 0)
     )
 
     last = recipe.epochs if stop_after is None else min(recipe.epochs, stop_after)
     for epoch in range(start_epoch, last + 1):
         t0 = time.time()
-        torch.manual_seed(T._mix(recipe.seed, epoch, 2))  # dropout
-        order = np.random.default_rng(T._mix(recipe.seed, epoch, 1)).permutation(n_train)
+        torch.manual_seed(mix_seed(recipe.seed, epoch, 2))  # dropout
+        order = np.random.default_rng(mix_seed(recipe.seed, epoch, 1)).permutation(n_train)
         model.train()
-        tally = T.EpochTally()
+        tally = EpochTally()
         bar = tqdm(
             range(0, n_train, recipe.batch_size),
             desc=f"epoch {epoch}/{recipe.epochs}",
@@ -384,13 +380,13 @@ def train_frozen(
             idx = order[start : start + recipe.batch_size]
             x = gather(idx).to(device)
             y = targets[idx].to(device)
-            lr = T.learning_rate(recipe, step, epoch, total_steps)
+            lr = learning_rate(recipe, step, epoch, total_steps)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             logits = head_logits(model, k, x)
             loss = criterion(logits.float(), y)
             if not torch.isfinite(loss):
-                raise T.TrainError(f"epoch {epoch}, step {step}: the loss is {float(loss)}")
+                raise TrainError(f"epoch {epoch}, step {step}: the loss is {float(loss)}")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if recipe.grad_clip:
@@ -400,7 +396,7 @@ def train_frozen(
             tally.add(loss, logits, y)
             bar.set_postfix(**tally.postfix(lr))
         bar.close()
-        T.end_epoch(
+        end_epoch(
             out,
             recipe,
             epoch=epoch,
@@ -419,7 +415,7 @@ def train_frozen(
         p.requires_grad_(True)
     done = history[-1]["epoch"] if history else 0
     origin = {**origin, "frozen_blocks": str(k)}
-    return T.TrainResult(
+    return TrainResult(
         out, recipe, model.cpu().eval(), history, done, done >= recipe.epochs, origin=origin
     )
 

@@ -5,7 +5,7 @@ split's protocol) separated by gaps, so that about ``speech`` of it is speech, l
 call. Gaps are digital silence by default, or low-level white noise (``noise_dbfs``) for a closer
 look at a real line, where the VAD never sees exact zeros.
 
-    from conversations import conversation
+    from voicescreen.train.conversations import conversation
     x = conversation(60.0, speech=0.5, seed=0)   # 60 s, 16 kHz mono float32
 """
 
@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from voicescreen.audio import SAMPLE_RATE, load_audio
+from voicescreen.models.store import REPO
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-DATA = SHARED / "data"
+DATA = REPO.parent / "shared" / "data"
 
 
 def clip_names(split: str = "dev", data: Path = DATA) -> list[str]:
@@ -61,3 +61,6 @@ def conversation(
         parts += [clip, gap]
         total += clip.size + gap.size
     return np.concatenate(parts)[: int(seconds * SAMPLE_RATE)]
+
+
+__all__ = ["DATA", "clip_names", "conversation"]
