@@ -1,4 +1,4 @@
-"""``/docs`` works offline (issue 6): Swagger UI comes from the installed ``swagger_ui_bundle``
+"""``/docs`` works offline: Swagger UI comes from the installed ``swagger_ui_bundle``
 package, served by the server itself, never from a CDN. Checked over HTTP (the page names only
 local URLs, and they serve the right files) and in Debian's headless Chromium with every request
 to another host refused: the operation list must render.

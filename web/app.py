@@ -26,6 +26,8 @@ from typing import Any
 
 import swagger_ui_bundle
 from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import (
@@ -36,6 +38,7 @@ from fastapi.responses import (
     Response,
 )
 from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel
 
 import voicescreen
 from voicescreen.audio import (
@@ -55,7 +58,7 @@ from voicescreen.web.guard import Guard
 from voicescreen.web.metrics import render
 from voicescreen.web.rtc import MAX_SDP, RtcError
 from voicescreen.web.state import AppState
-from voicescreen.web.streams import TRANSPORTS
+from voicescreen.web.streams import MAX_MODELS, QUOTE_LIMIT, STREAM_ID, TRANSPORTS, quote
 from voicescreen.web.twilio import twilio_endpoint
 from voicescreen.web.ws import stream_endpoint
 
@@ -72,6 +75,45 @@ class HttpError(Exception):
         self.status, self.code, self.message = status, code, message
 
 
+class ErrorBody(BaseModel):
+    """An error's body: ``detail`` says what went wrong and ``code`` names it (``docs/server.md``);
+    a parameter of the wrong type gets FastAPI's 422, whose ``detail`` lists the errors."""
+
+    detail: str | list[dict[str, Any]]
+    code: str | None = None
+
+
+def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI ``responses`` of an endpoint's errors: each of ``statuses`` with an ErrorBody."""
+    return {status: {"model": ErrorBody, "description": ERRORS[status]} for status in statuses}
+
+
+ERRORS = {
+    400: "Bad request (`bad_request`, `bad_sdp`, `bad_host`, ...)",
+    401: "Missing or wrong bearer token (`unauthorized`)",
+    403: "Origin not allowed (`forbidden_origin`)",
+    404: "No such model (`unknown_model`)",
+    413: "Too large (`too_large`, `too_long`)",
+    422: "Unreadable audio (`bad_audio`), a bad parameter (`bad_request`), or a parameter of the "
+    "wrong type (FastAPI's list of errors)",
+    429: "Too many streams for this client (`too_many_streams`)",
+    503: "Too busy: try again later (`too_many_uploads`, `too_many_connections`)",
+}
+
+
+OFFER = {  # the body of POST /v1/rtc/offer, for the API's schema (``RtcPeers.offer`` checks it)
+    "type": "object",
+    "properties": {
+        "sdp": {"type": "string", "maxLength": MAX_SDP},
+        "type": {"type": "string", "enum": ["offer"]},
+        "models": {"type": "array", "items": {"type": "string"}, "maxItems": MAX_MODELS},
+        "stream_id": {"type": "string", "pattern": STREAM_ID.pattern},
+    },
+    "required": ["sdp", "type"],
+    "additionalProperties": False,
+}
+
+
 def error_response(status: int, code: str, message: str) -> JSONResponse:
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
     return JSONResponse({"detail": message, "code": code}, status_code=status, headers=headers)
@@ -79,6 +121,15 @@ def error_response(status: int, code: str, message: str) -> JSONResponse:
 
 def _state(request: Request) -> AppState:
     return request.app.state.voicescreen
+
+
+def short_input(value: Any) -> Any:
+    """A client's input as an error may repeat it: as it is when short, else ``quote``d."""
+    if value is None or isinstance(value, bool | int | float) and len(str(value)) <= QUOTE_LIMIT:
+        return value
+    if isinstance(value, str) and len(value) <= QUOTE_LIMIT:
+        return value
+    return quote(value)
 
 
 def check_access(request: Request, browser: bool = True) -> None:
@@ -90,7 +141,9 @@ def check_access(request: Request, browser: bool = True) -> None:
         request.headers.get("host"),
         request.url.scheme,
     ):
-        raise HttpError(403, "forbidden_origin", f"origin {request.headers['origin']} not allowed")
+        raise HttpError(
+            403, "forbidden_origin", f"origin {quote(request.headers['origin'])} not allowed"
+        )
     if not token_ok(state.config, presented_token(request.headers)):  # no ?token= over HTTP
         raise HttpError(401, "unauthorized", "missing or wrong bearer token")
 
@@ -134,6 +187,15 @@ def create_app(config: ServerConfig) -> FastAPI:
             state.metrics.score_requests[str(exc.status)] += 1
         return error_response(exc.status, exc.code, exc.message)
 
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        """FastAPI's 422 for a parameter of the wrong type, with the input it repeats cut short
+        (a 1 MB ``?hop=`` came back whole)."""
+        errors = [
+            {**e, "input": short_input(e["input"])} if "input" in e else e for e in exc.errors()
+        ]
+        return JSONResponse({"detail": jsonable_encoder(errors)}, status_code=422)
+
     @app.get("/", include_in_schema=False)
     async def index() -> FileResponse:
         return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
@@ -145,7 +207,12 @@ def create_app(config: ServerConfig) -> FastAPI:
     async def healthz() -> dict[str, Any]:
         return {"status": "ok", "version": voicescreen.__version__, "models": list(state.workers)}
 
-    @app.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics")
+    @app.get(
+        "/metrics",
+        response_class=PlainTextResponse,
+        summary="Prometheus metrics",
+        responses=errors(401),
+    )
     async def metrics(request: Request) -> Response:
         check_access(request, browser=False)
         text = render(
@@ -157,7 +224,7 @@ def create_app(config: ServerConfig) -> FastAPI:
         )
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4; charset=utf-8")
 
-    @app.get("/v1/models", summary="The models this server scores with")
+    @app.get("/v1/models", summary="The models this server scores with", responses=errors(401, 403))
     async def models(request: Request) -> dict[str, Any]:
         check_access(request)
         return {
@@ -191,6 +258,7 @@ def create_app(config: ServerConfig) -> FastAPI:
     @app.post(
         "/v1/score",
         summary="Score an audio file",
+        responses=errors(400, 401, 403, 404, 413, 422, 503),
         description=(
             "Upload a WAV/FLAC/OGG file (multipart field `file`, or the raw file as the body); "
             "get the same JSON as `voicescreen score --json --windows`. `channel` "
@@ -222,7 +290,9 @@ def create_app(config: ServerConfig) -> FastAPI:
         check_access(request)
         name = model or state.default_model
         if name not in state.workers:
-            raise HttpError(404, "unknown_model", f"no model {name!r}; have {list(state.workers)}")
+            raise HttpError(
+                404, "unknown_model", f"no model {quote(name)}; have {list(state.workers)}"
+            )
         if not MIN_HOP <= hop <= 60:
             raise HttpError(422, "bad_request", f"hop must be {MIN_HOP}-60 s, got {hop}")
         try:
@@ -253,6 +323,10 @@ def create_app(config: ServerConfig) -> FastAPI:
     @app.post(
         "/v1/rtc/offer",
         summary="WebRTC signalling: an SDP offer in, the answer out",
+        responses=errors(400, 401, 403, 413, 429),
+        openapi_extra={
+            "requestBody": {"required": True, "content": {"application/json": {"schema": OFFER}}}
+        },
         description=(
             'Body: {"sdp": "...", "type": "offer", "models": [...]?, "stream_id": "..."?}. The '
             "offer must hold one audio track and a data channel; events come back on it."

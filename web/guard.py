@@ -15,6 +15,7 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from voicescreen.web.auth import host_ok
+from voicescreen.web.streams import quote
 
 if TYPE_CHECKING:
     from voicescreen.web.state import AppState
@@ -43,9 +44,8 @@ class Guard:
         host = Headers(scope=scope).get("host")
         server = scope.get("server")
         if not host_ok(config, host, server[0] if server else None):
-            name = repr(host[:100])
             await self.refuse(
-                scope, receive, send, 400, "bad_host", f"host {name} is not served here"
+                scope, receive, send, 400, "bad_host", f"host {quote(host)} is not served here"
             )
             return
         if self.open >= config.max_connections:
@@ -67,7 +67,7 @@ class Guard:
                 send,
                 404,
                 "no_such_endpoint",
-                f"no WebSocket endpoint at {scope.get('path', '')[:100]!r}; the server has "
+                f"no WebSocket endpoint at {quote(scope.get('path', ''))}; the server has "
                 + " and ".join(WEBSOCKET_PATHS),
             )
             return

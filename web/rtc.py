@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from voicescreen.stream import AudioFormat, Event, Session
-from voicescreen.web.streams import ClientGone, StreamError, check_models, check_stream_id
+from voicescreen.web.streams import ClientGone, StreamError, check_models, check_stream_id, quote
 
 if TYPE_CHECKING:
     from aiortc import RTCDataChannel, RTCPeerConnection
@@ -128,7 +128,9 @@ class RtcStream:
                 self.finish_input()
             else:
                 log.info(
-                    "rtc stream %s: ignoring data channel message %.80r", self.stream_id, message
+                    "rtc stream %s: ignoring data channel message %s",
+                    self.stream_id,
+                    quote(message),
                 )
 
         if channel.readyState == "open":
@@ -245,7 +247,7 @@ class RtcPeers:
             raise RtcError("bad_sdp", f"the SDP is longer than {MAX_SDP} characters", 413)
         unknown = set(body) - {"sdp", "type", "models", "stream_id"}
         if unknown:
-            raise RtcError("bad_sdp", f"unknown field(s) {sorted(unknown)} in the offer")
+            raise RtcError("bad_sdp", f"unknown field(s) {quote(sorted(unknown))} in the offer")
         try:
             models = (
                 None

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import logging
 import re
+import reprlib
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator, Mapping
@@ -31,6 +32,41 @@ log = logging.getLogger(__name__)
 
 STREAM_ID = re.compile(r"^[A-Za-z0-9._:/@-]{1,128}$")
 TRANSPORTS = ("stream", "twilio", "rtc")
+
+# What a client may name at the start of a stream; each is echoed back (in ``started``, in every
+# event's ``stream``) and logged, so each is bounded. A list of models names each model at most
+# once, and a server serves a few.
+MAX_MODELS = 32  # names in a stream's (or an offer's) list of models
+MAX_MODEL_NAME = 128  # characters of one model name
+QUOTE_LIMIT = 80  # characters of a client's value quoted back in an error message or a log line
+
+
+class _Quote(reprlib.Repr):
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.maxstring = self.maxother = self.maxlong = limit
+        self.maxlist = self.maxtuple = self.maxdict = self.maxset = 8
+        self.maxlevel = 3
+
+
+def quote(value: Any, limit: int = QUOTE_LIMIT) -> str:
+    """``value``, a client's input, as ``repr`` shows it, cut to about ``limit`` characters: the
+    start, and how long the whole was (``'aaaa...' (1,048,576 characters)``). Every error message
+    and log line that repeats what a client sent quotes it through here, so what the server says
+    back (and logs) stays small, however much was sent."""
+    if isinstance(value, str | bytes) and len(value) > limit:
+        text = repr(value[:limit])  # the start, not reprlib's start and end
+    else:
+        text = _Quote(limit).repr(value)
+    cut = len(text) > limit
+    if cut:
+        text = text[:limit] + "..."
+    if isinstance(value, str | bytes) and (cut or len(value) > limit):
+        return f"{text} ({len(value):,} characters)"
+    if isinstance(value, list | tuple | dict | set) and (cut or "..." in text):
+        return f"{text} ({len(value):,} item{'s' if len(value) != 1 else ''})"
+    return text
+
 
 # WebSocket close codes (RFC 6455 section 7.4.1 and the IANA registry).
 CLOSE_NORMAL = 1000
@@ -108,20 +144,30 @@ def check_stream_id(value: Any) -> str:
     if not isinstance(value, str) or not STREAM_ID.match(value):
         raise StreamError(
             "bad_start",
-            f"stream_id must be 1-128 characters of letters, digits and ._:/@-, got {value!r}",
+            "stream_id must be 1-128 characters of letters, digits and ._:/@-, got " + quote(value),
         )
     return value
 
 
 def check_models(value: Any, known: Mapping[str, Any]) -> tuple[str, ...]:
+    """A client's choice of models (a name, or a list of up to ``MAX_MODELS`` names of up to
+    ``MAX_MODEL_NAME`` characters), each one ``known``; StreamError ``bad_start`` otherwise."""
     if isinstance(value, str):
         value = [value]
     if not isinstance(value, list) or not value or not all(isinstance(m, str) for m in value):
-        raise StreamError("bad_start", f"models must be a non-empty list of names, got {value!r}")
+        raise StreamError(
+            "bad_start", f"models must be a non-empty list of names, got {quote(value)}"
+        )
+    if len(value) > MAX_MODELS or any(len(m) > MAX_MODEL_NAME for m in value):
+        raise StreamError(
+            "bad_start",
+            f"models must list at most {MAX_MODELS} names of at most {MAX_MODEL_NAME} "
+            f"characters, got {quote(value)}",
+        )
     unknown = [m for m in value if m not in known]
     if unknown:
         raise StreamError(
-            "bad_start", f"unknown model(s) {unknown}; this server serves {list(known)}"
+            "bad_start", f"unknown model(s) {quote(unknown)}; this server serves {list(known)}"
         )
     return tuple(dict.fromkeys(value))
 
@@ -133,19 +179,21 @@ def parse_start(
     unknown = [k for k in message if k not in START_FIELDS]
     if unknown:
         raise StreamError(
-            "bad_start", f"unknown field(s) {unknown} in start; known: {list(START_FIELDS)}"
+            "bad_start",
+            f"unknown field(s) {quote(unknown)} in start; known: {list(START_FIELDS)}",
         )
     rate = message.get("sample_rate", 16000)
     if isinstance(rate, float) and rate.is_integer():
         rate = int(rate)
     if not isinstance(rate, int) or isinstance(rate, bool) or rate not in config.sample_rates:
         raise StreamError(
-            "bad_start", f"sample_rate must be one of {list(config.sample_rates)} Hz, got {rate!r}"
+            "bad_start",
+            f"sample_rate must be one of {list(config.sample_rates)} Hz, got {quote(rate)}",
         )
     encoding = message.get("encoding", "pcm16")
     if encoding not in ENCODINGS:
         raise StreamError(
-            "bad_start", f"unknown encoding {encoding!r}; use one of {list(ENCODINGS)}"
+            "bad_start", f"unknown encoding {quote(encoding)}; use one of {list(ENCODINGS)}"
         )
     channels = message.get("channels", 1)
     if (
@@ -154,7 +202,8 @@ def parse_start(
         or not 1 <= channels <= config.max_channels
     ):
         raise StreamError(
-            "bad_start", f"channels must be an integer 1-{config.max_channels}, got {channels!r}"
+            "bad_start",
+            f"channels must be an integer 1-{config.max_channels}, got {quote(channels)}",
         )
     try:
         fmt = AudioFormat(encoding, rate, channels)

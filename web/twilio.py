@@ -20,6 +20,7 @@ import base64
 import binascii
 import contextlib
 import logging
+import re
 import secrets
 from typing import Any
 
@@ -29,7 +30,14 @@ from voicescreen.stream import AudioFormat, ErrorEvent, Event, Session
 from voicescreen.web.auth import TWILIO_SIGNATURE, token_ok, twilio_signature_ok, websocket_url
 from voicescreen.web.sinks import log_event
 from voicescreen.web.state import AppState
-from voicescreen.web.streams import CLOSE_CODES, CLOSE_NORMAL, ClientGone, RateLimit, StreamError
+from voicescreen.web.streams import (
+    CLOSE_CODES,
+    CLOSE_NORMAL,
+    ClientGone,
+    RateLimit,
+    StreamError,
+    quote,
+)
 from voicescreen.web.ws import AUTH_SECONDS, Peer, decode_json, ended_by
 
 log = logging.getLogger(__name__)
@@ -38,6 +46,15 @@ MULAW_8K = AudioFormat("mulaw", 8000, 1)
 MEDIA_FORMAT = {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}
 TRACKS = ("inbound", "outbound")
 FRAME_BYTES = 160  # 20 ms of 8 kHz mu-law, what Twilio sends per media message
+
+# What a start message may carry. The SIDs name the call in every event, log line and webhook, and
+# the custom parameters go back in each ``started``: all are bounded. (Twilio's SIDs are 34
+# characters; a <Stream>'s <Parameter>s are a few short strings.)
+SID = re.compile(r"^[A-Za-z0-9._:/@-]{1,64}$")
+MAX_SID = 64  # characters of a streamSid or callSid
+MAX_CUSTOM_PARAMETERS = 32  # entries of customParameters
+MAX_PARAMETER_NAME = 64  # characters of a custom parameter's name
+MAX_PARAMETER_VALUE = 512  # characters of its value
 
 
 # --- Twilio's messages -------------------------------------------------------------------------
@@ -119,6 +136,50 @@ def _field(message: dict[str, Any], key: str) -> dict[str, Any]:
     return value
 
 
+def check_sid(value: Any, name: str) -> str:
+    """A ``streamSid`` or ``callSid``: up to ``MAX_SID`` letters, digits and ``._:/@-``."""
+    if not isinstance(value, str) or not value:
+        raise StreamError("bad_start", f"start.{name} is missing")
+    if not SID.match(value):
+        raise StreamError(
+            "bad_start",
+            f"start.{name} must be 1-{MAX_SID} characters of letters, digits and ._:/@-, got "
+            + quote(value),
+        )
+    return value
+
+
+def check_custom_parameters(value: Any) -> dict[str, Any]:
+    """``customParameters``: at most ``MAX_CUSTOM_PARAMETERS`` names of up to
+    ``MAX_PARAMETER_NAME`` characters, each with a string (or a number, true, false or null) of
+    up to ``MAX_PARAMETER_VALUE`` characters."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise StreamError("bad_start", "start.customParameters must be an object")
+    if len(value) > MAX_CUSTOM_PARAMETERS:
+        raise StreamError(
+            "bad_start",
+            f"start.customParameters has {len(value):,} entries; the limit is "
+            f"{MAX_CUSTOM_PARAMETERS}",
+        )
+    for name, item in value.items():
+        if len(name) > MAX_PARAMETER_NAME:
+            raise StreamError(
+                "bad_start",
+                f"start.customParameters names must be at most {MAX_PARAMETER_NAME} "
+                f"characters, got {quote(name)}",
+            )
+        scalar = item is None or isinstance(item, str | int | float | bool)
+        if not scalar or len(str(item)) > MAX_PARAMETER_VALUE:
+            raise StreamError(
+                "bad_start",
+                f"start.customParameters[{quote(name)}] must be a string of at most "
+                f"{MAX_PARAMETER_VALUE} characters, got {quote(item)}",
+            )
+    return value
+
+
 class TwilioCall:
     """One Twilio Media Streams connection: a session per track."""
 
@@ -172,15 +233,9 @@ class TwilioCall:
         if self.stream_sid is not None:
             raise StreamError("bad_message", "a second start message on one stream")
         start = _field(message, "start")
-        stream_sid = start.get("streamSid") or message.get("streamSid")
-        call_sid = start.get("callSid")
-        if not isinstance(stream_sid, str) or not stream_sid:
-            raise StreamError("bad_start", "start.streamSid is missing")
-        if not isinstance(call_sid, str) or not call_sid:
-            raise StreamError("bad_start", "start.callSid is missing")
-        custom = start.get("customParameters") or {}
-        if not isinstance(custom, dict):
-            raise StreamError("bad_start", "start.customParameters must be an object")
+        stream_sid = check_sid(start.get("streamSid") or message.get("streamSid"), "streamSid")
+        call_sid = check_sid(start.get("callSid"), "callSid")
+        custom = check_custom_parameters(start.get("customParameters") or None)
         if not self.token_checked:
             token = custom.get("token")
             if not token_ok(self.config, token if isinstance(token, str) else None):
@@ -193,11 +248,18 @@ class TwilioCall:
         ):
             raise StreamError(
                 "bad_start",
-                f"mediaFormat must be {MEDIA_FORMAT} (Twilio's), got {media_format!r}",
+                f"mediaFormat must be {MEDIA_FORMAT} (Twilio's), got {quote(media_format)}",
             )
         tracks = start.get("tracks", ["inbound"])
-        if not isinstance(tracks, list) or not tracks or any(t not in TRACKS for t in tracks):
-            raise StreamError("bad_start", f"tracks must be a list of {TRACKS}, got {tracks!r}")
+        if (
+            not isinstance(tracks, list)
+            or not 1 <= len(tracks) <= len(TRACKS)
+            or any(t not in TRACKS for t in tracks)
+        ):
+            raise StreamError(
+                "bad_start", f"tracks must be a list of {TRACKS}, got {quote(tracks)}"
+            )
+        tracks = list(dict.fromkeys(tracks))
         self.stream_sid, self.call_sid = stream_sid, call_sid
         self.custom = {k: v for k, v in custom.items() if k != "token"}
         log.info("twilio call %s stream %s: tracks %s", call_sid, stream_sid, tracks)
@@ -229,12 +291,12 @@ class TwilioCall:
         if sid is not None and sid != self.stream_sid:  # Twilio names its stream in every media
             raise StreamError(
                 "bad_message",
-                f"media of stream {str(sid)[:40]!r}; this socket carries {self.stream_sid}",
+                f"media of stream {quote(sid)}; this socket carries {self.stream_sid}",
             )
         media = _field(message, "media")
         track = media.get("track", "inbound")
         if track not in TRACKS:
-            raise StreamError("bad_message", f"unknown track {track!r}; Twilio's are {TRACKS}")
+            raise StreamError("bad_message", f"unknown track {quote(track)}; Twilio's are {TRACKS}")
         payload = media.get("payload")
         if not isinstance(payload, str):
             raise StreamError("bad_input", "media.payload must be a base64 string")
@@ -288,11 +350,11 @@ class TwilioCall:
                     raise StreamError("missing_start", "a stop message before start")
                 return "stop"
             elif event in ("mark", "dtmf"):
-                log.debug("twilio stream %s: %s %s", self.stream_sid, event, msg.get(event))
+                log.debug("twilio stream %s: %s %s", self.stream_sid, event, quote(msg.get(event)))
             elif not isinstance(event, str):
                 raise StreamError("bad_message", "a Twilio message needs an 'event' field")
             else:
-                log.debug("twilio stream %s: ignoring event %r", self.stream_sid, event)
+                log.debug("twilio stream %s: ignoring event %s", self.stream_sid, quote(event))
 
     async def run(self) -> None:
         try:

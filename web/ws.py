@@ -32,6 +32,7 @@ from voicescreen.web.streams import (
     StreamError,
     close_reason,
     parse_start,
+    quote,
 )
 
 log = logging.getLogger(__name__)
@@ -59,7 +60,7 @@ class Peer:
             self.config, ws.headers.get("origin"), ws.headers.get("host"), ws.url.scheme
         ):
             await self.deny(
-                403, "forbidden_origin", f"origin {ws.headers.get('origin')} not allowed"
+                403, "forbidden_origin", f"origin {quote(ws.headers.get('origin'))} not allowed"
             )
             return False
         token = presented_token(ws.headers, ws.query_params)
@@ -171,7 +172,8 @@ async def read_start(peer: Peer) -> dict[str, Any]:
     start = decode_json(message.get("text") or "")
     if start.get("type") != "start":
         raise StreamError(
-            "missing_start", f"the first message must be of type 'start', got {start.get('type')!r}"
+            "missing_start",
+            f"the first message must be of type 'start', got {quote(start.get('type'))}",
         )
     return start
 
@@ -220,7 +222,7 @@ async def pump(peer: Peer, session: Session, deadline: float) -> None:
             kind = control.get("type")
             if kind != "stop":
                 raise StreamError(
-                    "bad_message", f"unknown message type {kind!r} (after start only 'stop')"
+                    "bad_message", f"unknown message type {quote(kind)} (after start only 'stop')"
                 )
         except StreamError as e:
             session.fail(e.code, e.message)
