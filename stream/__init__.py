@@ -22,11 +22,12 @@ from voicescreen.stream.events import (
     VerdictEvent,
     event_from_dict,
 )
+from voicescreen.stream.loading import LoadError, load_bundles, load_scorers
 from voicescreen.stream.resample import Resampler, resample
 from voicescreen.stream.session import Session
 from voicescreen.stream.vad import VadOptions, VoiceGate
 from voicescreen.stream.windows import StreamWindow, Windower, WindowOptions
-from voicescreen.stream.worker import BatchOptions, Cascade, InferenceWorker, Result, load_workers
+from voicescreen.stream.worker import BatchOptions, Cascade, InferenceWorker, Result
 from voicescreen.verdict import Smoother, SmoothingOptions
 
 __all__ = [
@@ -37,6 +38,7 @@ __all__ = [
     "ErrorEvent",
     "Event",
     "InferenceWorker",
+    "LoadError",
     "ModelSummary",
     "NoSpeechEvent",
     "OverloadedEvent",
@@ -55,6 +57,7 @@ __all__ = [
     "Windower",
     "decode",
     "event_from_dict",
-    "load_workers",
+    "load_bundles",
+    "load_scorers",
     "resample",
 ]

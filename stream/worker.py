@@ -40,10 +40,9 @@ import contextlib
 import logging
 import weakref
 from collections import Counter, deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
@@ -516,27 +515,6 @@ class InferenceWorker:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
-
-
-def load_workers(
-    bundles: Iterable[Bundle | str | Path],
-    backend: str = "onnx",
-    options: BatchOptions | None = None,
-    **runtime_options: Any,
-) -> dict[str, InferenceWorker]:
-    """One worker per bundle (loaded from a path where a path is given), by bundle name: the
-    mapping a server shares among its sessions to serve several models at once."""
-    from voicescreen.models.bundle import Bundle, load_bundle
-
-    workers: dict[str, InferenceWorker] = {}
-    for b in bundles:
-        bundle = b if isinstance(b, Bundle) else load_bundle(b)
-        if bundle.name in workers:
-            raise ValueError(f"two bundles are named {bundle.name!r}; names must be unique")
-        workers[bundle.name] = InferenceWorker.from_bundle(
-            bundle, backend, options, **runtime_options
-        )
-    return workers
 
 
 class Overloaded(RuntimeError):

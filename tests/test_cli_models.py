@@ -11,7 +11,7 @@ import subprocess
 import sys
 from types import SimpleNamespace
 
-from voicescreen.cli import parameter_count
+from voicescreen.cli.score import parameter_count
 from voicescreen.models.bundle import load_bundle
 from voicescreen.models.store import DEFAULT_BUNDLE
 

@@ -203,7 +203,7 @@ def test_a_missing_codec_is_refused_not_replaced(monkeypatch):
         describe_channel("amr-nb")
     assert describe_channel("g722")["codec"] == "g722"
 
-    from voicescreen.train.commands import _channels
+    from voicescreen.cli.train import _channels
 
     assert "amr-nb" not in _channels("validation") and "g722" in _channels("validation")
 
@@ -393,7 +393,7 @@ def test_eval_groups_a_split_and_keeps_its_summary(v2_corpus, gmm_bundle, tmp_pa
 
 
 def test_eval_refuses_folds_of_the_eval_split_and_groups_it_lacks(v2_corpus, capsys):
-    from voicescreen.train.commands import main
+    from voicescreen.cli.train import main
 
     base = ["eval", "--data-root", str(v2_corpus), "--out", "unused", "--no-progress"]
     assert main([*base, "--split", "eval", "--folds", "family"]) == 2

@@ -484,7 +484,7 @@ def test_missing_portaudio():
     code = (
         "import ctypes.util as u; find = u.find_library; "
         "u.find_library = lambda n: None if 'portaudio' in n else find(n); "
-        "from voicescreen.monitor import main; raise SystemExit(main(['--list-devices']))"
+        "from voicescreen.cli.monitor import main; raise SystemExit(main(['--list-devices']))"
     )
     p = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=GUARD, check=False

@@ -14,6 +14,7 @@ import pytest
 from rich.console import Console
 
 from voicescreen import monitor as mon
+from voicescreen.cli import monitor as monitor_command
 from voicescreen.stream import (
     ModelSummary,
     NoSpeechEvent,
@@ -184,7 +185,7 @@ def test_a_stuck_alert_command_is_ended(tmp_path):
 
 def test_add_parsers_registers_monitor():
     parser = argparse.ArgumentParser(prog="voicescreen")
-    mon.add_parsers(parser.add_subparsers(dest="command", required=True))
+    monitor_command.add_parsers(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(
         [
             "monitor",
@@ -200,6 +201,6 @@ def test_add_parsers_registers_monitor():
             "--exit-on-spoof",
         ]
     )
-    assert args.func is mon.cmd_monitor
+    assert args.func is monitor_command.cmd_monitor
     assert (args.device, args.jsonl, args.duration, args.bundle) == ("pulse", True, 3.0, ["a", "b"])
     assert args.exit_on_spoof and args.alert_cmd is None and args.input is None

@@ -203,7 +203,7 @@ def test_a_cascade_keeps_the_cheap_score_when_the_expert_is_refused():
 def test_serve_flags_choose_the_backend():
     import argparse
 
-    from voicescreen.web.commands import add_parsers, config_from_args
+    from voicescreen.cli.serve import add_parsers, config_from_args
 
     parser = argparse.ArgumentParser()
     add_parsers(parser.add_subparsers())

@@ -19,7 +19,7 @@ from voicescreen.stream import (
     WindowOptions,
     decode,
     event_from_dict,
-    load_workers,
+    load_scorers,
 )
 from voicescreen.stream.codecs import encode_mulaw
 from voicescreen.stream.resample import resample
@@ -318,12 +318,12 @@ def test_events_stream_to_a_consumer_while_audio_arrives(bundle, runtime, dev_cl
 
 
 def test_workers_by_bundle_name(bundle):
-    workers = load_workers([bundle], options=BatchOptions(max_batch=4))
+    workers = load_scorers([bundle], batch=BatchOptions(max_batch=4))
     ((name, w),) = workers.items()
     assert name == "aasist-l" and w.input_samples == 64600 and w.options.max_batch == 4
     assert w.score_spec.threshold == 0.5 and w.score_spec.scale == 1.5
     with pytest.raises(ValueError, match="unique"):
-        load_workers([bundle, bundle])
+        load_scorers([bundle, bundle])
 
 
 def test_cancel_withdraws_queued_windows(bundle, runtime, dev_clips):

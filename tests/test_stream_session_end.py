@@ -18,7 +18,7 @@ from voicescreen.audio import SAMPLE_RATE, load_audio
 from voicescreen.models.bundle import load_bundle
 from voicescreen.models.store import resolve_bundle
 from voicescreen.scoring import Scorer
-from voicescreen.stream import AudioFormat, Event, Session, WindowOptions, load_workers
+from voicescreen.stream import AudioFormat, Event, Session, WindowOptions, load_scorers
 from voicescreen.stream.windows import Windower
 
 GUARD = 120  # seconds: far beyond what any of these takes on 2 busy cores
@@ -39,7 +39,7 @@ def windows_before_end(x: np.ndarray, input_samples: int) -> int:
 
 async def screen_settled(bundle, x: np.ndarray) -> list[Event]:
     """Push all of ``x``, wait until every window cut so far has its event, then end."""
-    workers = load_workers([bundle])
+    workers = load_scorers([bundle])
     try:
         session = Session(workers, fmt=AudioFormat("float32", SAMPLE_RATE, 1))
         for i in range(0, x.size, CHUNK):

@@ -18,14 +18,16 @@ import numpy as np
 import pytest
 import torch
 
+from voicescreen.cli.train import add_parsers, recipe_from_args
 from voicescreen.models.bundle import load_bundle
 from voicescreen.models.store import portable_path
-from voicescreen.train.commands import add_parsers, recipe_from_args
+from voicescreen.train.checkpoints import load_checkpoint
 from voicescreen.train.data import ProtocolError, load_split
 from voicescreen.train.evaluate import read_score_file
 from voicescreen.train.metrics import eer, min_tdcf, rates_at, read_asv_scores
 from voicescreen.train.recipes import load_recipe
-from voicescreen.train.trainer import TrainError, load_checkpoint, train
+from voicescreen.train.start import TrainError
+from voicescreen.train.trainer import train
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL_AASIST = [

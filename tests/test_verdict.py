@@ -25,7 +25,7 @@ from test_web_support import dev_clip, start_server
 
 from voicescreen.audio import SAMPLE_RATE, load_audio
 from voicescreen.scoring import Scorer
-from voicescreen.stream import AudioFormat, BatchOptions, Session, VadOptions, load_workers
+from voicescreen.stream import AudioFormat, BatchOptions, Session, VadOptions, load_scorers
 from voicescreen.stream.vad import VoiceGate, speech_before
 from voicescreen.verdict import (
     MIN_SPEECH_SECONDS,
@@ -120,7 +120,7 @@ def clips(data_dir, tmp_path_factory):
 
 def _session_summary(bundle, path, rule: SmoothingOptions):
     async def go():
-        workers = load_workers([bundle], "onnx", BatchOptions())
+        workers = load_scorers([bundle], "onnx", BatchOptions())
         try:
             session = Session(workers, fmt=AudioFormat("float32", SAMPLE_RATE, 1), smoothing=rule)
             x = load_audio(path)

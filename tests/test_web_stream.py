@@ -18,10 +18,10 @@ import soundfile as sf
 from test_web_support import dev_clip, parse_metrics, run, start_server, web_bundle
 
 from voicescreen.audio import load_audio
+from voicescreen.cli.serve import add_parsers
 from voicescreen.scoring import Scorer
 from voicescreen.stream import WindowOptions
 from voicescreen.web.client import converse, pcm_messages
-from voicescreen.web.commands import add_parsers
 from voicescreen.web.config import ServerConfig
 
 

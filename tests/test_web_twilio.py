@@ -19,11 +19,11 @@ import pytest
 from test_web_support import dev_clip, run, start_server, web_bundle
 
 from voicescreen.audio import load_audio
+from voicescreen.cli.serve import add_parsers
 from voicescreen.scoring import Scorer
 from voicescreen.stream import AudioFormat, decode
 from voicescreen.stream.resample import resample
 from voicescreen.web.client import converse, mulaw_frames, twilio_messages
-from voicescreen.web.commands import add_parsers
 from voicescreen.web.config import ServerConfig
 from voicescreen.web.twilio import mark_message
 

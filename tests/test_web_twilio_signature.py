@@ -17,9 +17,9 @@ from test_web_support import dev_clip, parse_metrics, run, start_server, web_bun
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
+from voicescreen.cli.serve import TWILIO_AUTH_TOKEN_ENV, add_parsers, config_from_args
 from voicescreen.web.auth import twilio_signature
 from voicescreen.web.client import converse, mulaw_frames, pcm_messages, twilio_messages
-from voicescreen.web.commands import TWILIO_AUTH_TOKEN_ENV, add_parsers, config_from_args
 from voicescreen.web.config import ServerConfig
 
 AUTH_TOKEN = "0123456789abcdef0123456789abcdef"  # an account's Auth Token: 32 hex digits

@@ -6,15 +6,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import replace
-from pathlib import Path
 from typing import TYPE_CHECKING
 
-from voicescreen.models import store
-from voicescreen.models.bundle import Bundle, load_bundle
 from voicescreen.models.incremental import aligned_hop
-from voicescreen.models.runtime import FastPathError, describe_text
+from voicescreen.models.runtime import describe_text
 from voicescreen.stream import Cascade, InferenceWorker
-from voicescreen.stream.backends import LOCAL_BACKENDS, BackendError, close_runtimes, open_runtimes
+from voicescreen.stream.backends import LOCAL_BACKENDS, close_runtimes
+from voicescreen.stream.loading import LoadError, load_bundles, load_scorers
 from voicescreen.web.config import ServerConfig
 from voicescreen.web.metrics import ServerMetrics
 from voicescreen.web.streams import Streams
@@ -27,33 +25,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-class ConfigError(ValueError):
-    """A server that cannot start as configured (no bundle, a broken one, clashing names, a
-    remote backend that cannot be reached or serves another model)."""
-
-
-def load_bundles(specs: list[str | Path | Bundle]) -> dict[str, Bundle]:
-    """Bundles by name: the given ones, or the shipped default when none is given."""
-    if not specs:
-        if not (store.DEFAULT_BUNDLE / "card.json").exists():
-            raise ConfigError(
-                f"no bundle given and no default bundle shipped at {store.DEFAULT_BUNDLE}; "
-                "pass --bundle PATH (see `voicescreen import-weights` to make one)"
-            )
-        specs = [None]
-    bundles: dict[str, Bundle] = {}
-    for spec in specs:
-        if isinstance(spec, Bundle):
-            bundle = spec
-        else:
-            try:
-                bundle = load_bundle(store.resolve_bundle(spec))
-            except (FileNotFoundError, ValueError) as e:  # BundleError is a ValueError
-                raise ConfigError(str(e)) from e
-        if bundle.name in bundles:
-            raise ConfigError(f"two bundles are named {bundle.name!r}; names must be unique")
-        bundles[bundle.name] = bundle
-    return bundles
+# A server that cannot start as configured (no bundle, a broken one, clashing names, a screen that
+# cannot pair, a remote backend that cannot be reached or serves another model): the loader's error.
+ConfigError = LoadError
 
 
 class AppState:
@@ -61,32 +35,29 @@ class AppState:
 
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
-        self.bundles = load_bundles(list(config.bundles))
+        self.bundles = load_bundles(config.bundles)
         options = {"threads": config.threads}
         if config.backend == "onnx":
             options["providers"] = config.providers
-        try:  # the window -> score call: in this process, or on Ray Serve / Triton replicas
-            reuse = {"reuse": True} if config.reuse else {}
-            self.runtimes = open_runtimes(
-                self.bundles,
-                config.backend,
-                ray=config.ray,
-                triton=config.triton,
-                **options,
-                **reuse,
-            )
-        except (BackendError, FastPathError) as e:
-            raise ConfigError(str(e)) from e
+        reuse = {"reuse": True} if config.reuse else {}
+        # What streams score with: each model's worker, or a cascade with the screen in front.
+        self.scorers: dict[str, InferenceWorker | Cascade] = load_scorers(
+            self.bundles.values(),
+            config.backend,
+            config.batch,
+            screen=config.screen,
+            cascade_band=config.cascade_band,
+            ray=config.ray,
+            triton=config.triton,
+            **options,
+            **reuse,
+        )
         self.workers: dict[str, InferenceWorker] = {
-            name: InferenceWorker(
-                self.runtimes[name],
-                name=name,
-                input_samples=bundle.input_samples,
-                score=bundle.score,
-                options=config.batch,
-            )
-            for name, bundle in self.bundles.items()
+            name: s.expert if isinstance(s, Cascade) else s for name, s in self.scorers.items()
         }
+        screens = [s.screen for s in self.scorers.values() if isinstance(s, Cascade)]
+        self.screen: InferenceWorker | None = screens[0] if screens else None
+        self.runtimes = {name: w.runtime for name, w in self.workers.items()}
         self._runtime_options = options  # for uploads: whole files, nothing to reuse
         strides = {w.stride for w in self.workers.values() if w.stride}
         if strides:  # encoder reuse: every stream's windows start on the encoders' grid
@@ -102,15 +73,6 @@ class AppState:
             self.config = config = replace(
                 config, window=replace(config.window, hop_seconds=aligned)
             )
-        # What streams score with: each model's worker, or a cascade with the screen in front.
-        self.screen: InferenceWorker | None = None
-        self.scorers: dict[str, InferenceWorker | Cascade] = dict(self.workers)
-        if config.screen is not None:
-            self.screen = self._screen_worker(config, options)
-            self.scorers = {
-                name: Cascade(self.screen, worker, config.cascade_band, name=name)
-                for name, worker in self.workers.items()
-            }
         self.metrics = ServerMetrics()
         self.streams = Streams(config, self.scorers, self.metrics)
         self.webhook: WebhookSink | None = None
@@ -133,20 +95,6 @@ class AppState:
                 describe_text(self.screen.runtime),
                 config.cascade_band,
             )
-
-    def _screen_worker(self, config: ServerConfig, options: dict) -> InferenceWorker:
-        """The cascade's screen: a cheap bundle, in this process on the onnx backend."""
-        (bundle,) = load_bundles([config.screen]).values()
-        if bundle.name in self.bundles:
-            raise ConfigError(f"the screen {bundle.name!r} is also a served model; name another")
-        clash = [n for n, b in self.bundles.items() if b.input_samples != bundle.input_samples]
-        if clash:
-            raise ConfigError(
-                f"the screen {bundle.name} takes {bundle.input_samples}-sample windows, "
-                f"{', '.join(clash)} another length: a cascade needs the same windows"
-            )
-        local = {k: v for k, v in options.items() if k in ("threads", "providers")}
-        return InferenceWorker.from_bundle(bundle, "onnx", config.batch, **local)
 
     @property
     def workers_and_screen(self) -> dict[str, InferenceWorker]:

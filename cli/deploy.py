@@ -10,23 +10,14 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 import threading
 from dataclasses import replace
 from typing import Any
 
+from voicescreen.cli import fail
+from voicescreen.cli.serve import add_remote_arguments, ray_options_from_args
+
 log = logging.getLogger("voicescreen")
-
-
-def _fail(message: str) -> int:
-    print(f"voicescreen: {message}", file=sys.stderr)
-    return 2
-
-
-def _bundles(specs: list[str] | None) -> dict[str, Any]:
-    from voicescreen.web.state import load_bundles
-
-    return load_bundles(list(specs or ()))
 
 
 # --- voicescreen worker --ray ------------------------------------------------------------------
@@ -34,14 +25,13 @@ def _bundles(specs: list[str] | None) -> dict[str, Any]:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     from voicescreen.stream.backends import BackendError
-    from voicescreen.web.commands import ray_options_from_args
-    from voicescreen.web.state import ConfigError
+    from voicescreen.stream.loading import load_bundles
 
     try:
-        bundles = _bundles(args.bundle)
+        bundles = load_bundles(args.bundle or ())
         options = ray_options_from_args(args)
-    except (ConfigError, ValueError) as e:
-        return _fail(str(e))
+    except ValueError as e:  # LoadError is a ValueError
+        return fail(str(e))
     try:
         from voicescreen.stream import rayserve
 
@@ -63,7 +53,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
                 flush=True,
             )
     except BackendError as e:
-        return _fail(str(e))
+        return fail(str(e))
     if options.address == "local":  # the Ray instance lives as long as this process
         print("serving on a local Ray instance until interrupted (Ctrl-C)", flush=True)
         try:
@@ -77,11 +67,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from voicescreen.stream.loading import load_bundles
     from voicescreen.stream.triton import TritonModelOptions, write_repository
-    from voicescreen.web.state import ConfigError
 
     try:
-        bundles = _bundles(args.bundle)
+        bundles = load_bundles(args.bundle or ())
         options = TritonModelOptions(
             max_batch=args.max_batch,
             max_queue_delay_us=args.max_queue_delay_us,
@@ -90,8 +80,8 @@ def cmd_export(args: argparse.Namespace) -> int:
             instances=args.instances,
         )
         made = write_repository(list(bundles.values()), args.triton, options)
-    except (ConfigError, ValueError, OSError) as e:
-        return _fail(str(e))
+    except (ValueError, OSError) as e:  # LoadError is a ValueError
+        return fail(str(e))
     for folder in made:
         print(f"wrote {folder}")
     print(
@@ -107,7 +97,6 @@ def cmd_export(args: argparse.Namespace) -> int:
 def add_parsers(subparsers: Any) -> None:
     """Register ``worker`` and ``export`` on the CLI's subparsers."""
     from voicescreen.stream.triton import TritonModelOptions
-    from voicescreen.web.commands import add_remote_arguments
 
     w = subparsers.add_parser(
         "worker",

@@ -1,4 +1,6 @@
-"""``voicescreen serve`` and ``voicescreen tap``: ``add_parsers(subparsers)`` registers both."""
+"""``voicescreen serve`` and ``voicescreen tap``: the server and its command-line client, and the
+flags of the remote backends (``voicescreen worker`` shares them). The server itself is
+``voicescreen.web``; this module only turns flags into its ``ServerConfig``."""
 
 from __future__ import annotations
 
@@ -7,9 +9,16 @@ import asyncio
 import json
 import logging
 import os
-import sys
 from typing import Any
 
+from voicescreen.cli import (
+    add_hop_argument,
+    add_runtime_arguments,
+    add_verdict_arguments,
+    fail,
+    plan_bundles,
+    verdict_options,
+)
 from voicescreen.models.runtime import AUTO, NO_FAST_PATH
 from voicescreen.stream.backends import LOCAL_BACKENDS
 
@@ -19,11 +28,6 @@ TOKEN_ENV = "VOICESCREEN_TOKEN"
 # The server's latency budget: a window not in a batch 2 s after it was cut is shed and reported
 # (overloaded) rather than scored ever later; the library's BatchOptions default is no limit.
 SERVE_MAX_DELAY_MS = 2000.0
-
-
-def _fail(message: str) -> int:
-    print(f"voicescreen: {message}", file=sys.stderr)
-    return 2
 
 
 def _csv(value: str | None) -> tuple[str, ...]:
@@ -122,7 +126,6 @@ def triton_options_from_args(args: argparse.Namespace) -> Any:
 
 
 def config_from_args(args: argparse.Namespace) -> Any:
-    from voicescreen.cli import verdict_options
     from voicescreen.stream import BatchOptions, VadOptions, WindowOptions
     from voicescreen.web.config import ServerConfig
 
@@ -201,14 +204,13 @@ def guard_options(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_serve(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from voicescreen.cli import plan_bundles
+    from voicescreen.stream.loading import LoadError, load_bundles
     from voicescreen.web.server import listen, serve
-    from voicescreen.web.state import ConfigError, load_bundles
 
     try:  # before the models load (seconds to a minute): a port in use is said at once
         sock = listen(args.host, args.port)
     except OSError as e:
-        return _fail(
+        return fail(
             f"cannot listen on {args.host}:{args.port}: {e.strerror or e}; another server may "
             "hold it: stop it, or choose another port with --port"
         )
@@ -224,15 +226,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
         elif args.fast_path not in (AUTO, NO_FAST_PATH):  # built here, run elsewhere: refused
             bundles = load_bundles(list(config.bundles)).values()
             config = replace(config, bundles=[b.with_fast_path(args.fast_path) for b in bundles])
-    except ValueError as e:  # ConfigError and FastPathError are ValueErrors
+    except ValueError as e:  # LoadError and FastPathError are ValueErrors
         sock.close()
-        return _fail(str(e))
+        return fail(str(e))
     if config.token is None and args.host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("serving on %s without a token: anyone who reaches it can use it", args.host)
     try:
         serve(config, args.host, args.port, sock)
-    except ConfigError as e:
-        return _fail(str(e))
+    except LoadError as e:  # the server's ConfigError
+        return fail(str(e))
     finally:
         sock.close()
     return 0
@@ -295,9 +297,9 @@ def cmd_tap(args: argparse.Namespace) -> int:
     try:
         check_url(url)
     except TapError as e:
-        return _fail(str(e))
+        return fail(str(e))
     if args.twilio and url.rstrip("/").endswith("/v1/stream"):
-        return _fail("--twilio streams to the /v1/twilio endpoint; fix --url")
+        return fail("--twilio streams to the /v1/twilio endpoint; fix --url")
     try:
         outgoing = list(
             tap_messages(
@@ -311,7 +313,7 @@ def cmd_tap(args: argparse.Namespace) -> int:
             )
         )
     except (AudioError, OSError, RuntimeError) as e:
-        return _fail(f"{args.file}: {e}")
+        return fail(f"{args.file}: {e}")
 
     def show(message: dict[str, Any]) -> None:
         if args.json:
@@ -332,13 +334,13 @@ def cmd_tap(args: argparse.Namespace) -> int:
             )
         )
     except TapError as e:
-        return _fail(str(e))
+        return fail(str(e))
     except KeyboardInterrupt:
         return 130
     if result.errors and any(e.get("fatal", True) for e in result.errors):
         return 1
     if not result.summaries:
-        return _fail(f"the server closed the stream without a summary (code {result.close_code})")
+        return fail(f"the server closed the stream without a summary (code {result.close_code})")
     return 0
 
 
@@ -347,8 +349,7 @@ def cmd_tap(args: argparse.Namespace) -> int:
 
 def add_parsers(subparsers: Any) -> None:
     """Register ``serve`` and ``tap`` on the CLI's subparsers."""
-    from voicescreen.audio import CHANNELS, HOP_SECONDS
-    from voicescreen.cli import add_runtime_arguments, add_verdict_arguments
+    from voicescreen.audio import CHANNELS
     from voicescreen.stream import BatchOptions, VadOptions
     from voicescreen.stream.backends import BACKENDS
     from voicescreen.web.config import ServerConfig
@@ -400,9 +401,7 @@ def add_parsers(subparsers: Any) -> None:
         help="shed a window still queued this long, with an overloaded event; 0: never "
         f"(default {SERVE_MAX_DELAY_MS:g})",
     )
-    s.add_argument(
-        "--hop", type=float, default=HOP_SECONDS, help="window hop, seconds (default: %(default)g)"
-    )
+    add_hop_argument(s)
     add_verdict_arguments(s)
     s.add_argument(
         "--min-voiced",

@@ -1,25 +1,28 @@
-"""The ``voicescreen`` command line: one entry point, one subcommand per job."""
+"""``voicescreen score``, ``optimize``, ``calibrate``, ``import-weights`` and ``models``: a bundle
+and audio files, offline."""
 
 from __future__ import annotations
 
 import argparse
 import hashlib
 import json
-import logging
-import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from voicescreen.audio import CHANNELS, HOP_SECONDS
+from voicescreen.audio import CHANNELS
+from voicescreen.cli import (
+    add_hop_argument,
+    add_runtime_arguments,
+    add_verdict_arguments,
+    fail,
+    plan_bundles,
+    runtime_options,
+    verdict_options,
+)
 
 if TYPE_CHECKING:
     from voicescreen.models.bundle import Bundle
-
-log = logging.getLogger("voicescreen")
-
-EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a command stopped by Ctrl-C
-EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE
 
 # The published AASIST checkpoints (clovaai/aasist, models/weights/, MIT licence).
 OFFICIAL_WEIGHTS = {
@@ -39,127 +42,6 @@ AASIST_ATTRIBUTION = (
 )
 
 
-def _fail(message: str) -> int:
-    print(f"voicescreen: {message}", file=sys.stderr)
-    return 2
-
-
-# --- runtime options (score, serve, monitor) ---------------------------------------------------
-
-
-def add_runtime_arguments(
-    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
-    backends: tuple[str, ...] = ("onnx", "torch"),
-    backend_help: str | None = None,
-    streams: bool = False,
-) -> None:
-    """``--backend``, ``--providers``, ``--threads`` and ``--fast-path`` (and, for commands that
-    score streams, ``--reuse``/``--no-reuse``): how a command runs its models in this process.
-    Left at ``auto``, ``plan_bundles`` chooses for this machine."""
-    from voicescreen.models.runtime import AUTO, FAST_PATH_CHOICES
-
-    parser.add_argument(
-        "--backend",
-        choices=[AUTO, *backends],
-        default=AUTO,
-        help=backend_help
-        or "onnx (ONNX Runtime) or torch (PyTorch); auto (default): chosen for this machine",
-    )
-    parser.add_argument(
-        "--providers", default="auto", help="ONNX providers: auto or tensorrt,cuda,cpu"
-    )
-    parser.add_argument("--threads", type=int, default=None, help="intra-op threads per model")
-    parser.add_argument(
-        "--fast-path",
-        choices=list(FAST_PATH_CHOICES),
-        default=AUTO,
-        help="AASIST/AASIST-L on the CPU, built at start-up: exact (ONNX graph rewritten for "
-        "this CPU, same scores, ~1 s to build), bf16 (torch, lossy, ~2x where the CPU has "
-        "AVX-512 BF16 or AMX, compiling takes 20-60 s and a C++ compiler), none (the bundle's "
-        "graph as it is); auto (default): bf16 for streams where the CPU has AVX-512 BF16 or "
-        "AMX, else exact. int8 is a bundle of its own: `voicescreen optimize --int8`",
-    )
-    if streams:
-        parser.add_argument(
-            "--reuse",
-            action=argparse.BooleanOptionalAction,
-            default=None,
-            help="AASIST/AASIST-L, on ONNX Runtime or the bf16 path: reuse each stream's "
-            "encoder frames across overlapping windows (same scores, ~2x fewer encoder samples "
-            "per window); window starts move onto the encoder's 2187-sample grid (hop 1 s -> "
-            "0.957 s). Default: on wherever the model allows it",
-        )
-
-
-def add_verdict_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
-    """``--min-speech``: the verdict rule's one knob on the command line (``voicescreen.verdict``;
-    score, serve and monitor judge alike)."""
-    from voicescreen.verdict import MIN_SPEECH_SECONDS
-
-    parser.add_argument(
-        "--min-speech",
-        type=float,
-        default=MIN_SPEECH_SECONDS,
-        metavar="SECONDS",
-        help="seconds of speech (VAD voiced) a clip or stream needs before it is called bona "
-        "fide or spoof; with less it is uncertain (default: %(default)g)",
-    )
-
-
-def verdict_options(args: argparse.Namespace):
-    """The ``SmoothingOptions`` of ``add_verdict_arguments``' flags (ValueError if invalid)."""
-    from voicescreen.verdict import SmoothingOptions
-
-    return SmoothingOptions(min_speech=args.min_speech)
-
-
-def runtime_options(args: argparse.Namespace) -> dict:
-    """The options ``Bundle.runtime`` takes, from ``add_runtime_arguments``' flags (a planned
-    bundle keeps only those of its backend)."""
-    options: dict = {"threads": args.threads}
-    if args.backend in ("onnx", "auto"):
-        options["providers"] = args.providers
-    return options
-
-
-def plan_bundles(
-    bundles: list[Bundle], args: argparse.Namespace, *, streams: bool, command: str
-) -> list[Bundle]:
-    """Each bundle with its runtime plan (``runtime.plan_runtime``) from the command's flags,
-    each plan logged with why it was chosen, and said on stderr before a start-up compile that
-    takes a while. Raises ``FastPathError`` for flags that cannot run a bundle."""
-    from voicescreen.models.runtime import plan_runtime
-
-    planned = []
-    for bundle in bundles:
-        plan = plan_runtime(
-            bundle,
-            backend=args.backend,
-            fast_path=args.fast_path,
-            reuse=getattr(args, "reuse", None) if streams else False,
-            streams=streams,
-            providers=args.providers,
-        )
-        log.info(
-            "%s: %s%s%s (%s)",
-            bundle.name,
-            plan.backend,
-            f", fast path {plan.fast_path}" if plan.fast_path else "",
-            ", encoder reuse" if plan.reuse else "",
-            plan.why,
-        )
-        if plan.fast_path == "bf16":  # the one start-up path that takes long: say so now
-            print(
-                f"voicescreen {command}: {bundle.name}: compiling the bf16 encoder first (20-60 "
-                "s, seconds once cached; --fast-path exact starts at once); chosen: "
-                f"{plan.why}",
-                file=sys.stderr,
-                flush=True,
-            )
-        planned.append(bundle.with_plan(plan))
-    return planned
-
-
 # --- voicescreen score -------------------------------------------------------------------------
 
 
@@ -175,9 +57,9 @@ def cmd_score(args: argparse.Namespace) -> int:
         smoothing = verdict_options(args)
         scorer = Scorer(bundle, bundle.plan.backend, smoothing=smoothing, **runtime_options(args))
     except (BundleError, FileNotFoundError, ValueError) as e:  # FastPathError is a ValueError
-        return _fail(str(e))
+        return fail(str(e))
     if args.hop <= 0:
-        return _fail("--hop must be positive")
+        return fail("--hop must be positive")
 
     width = max(len(p) for p in args.files)  # one column of verdicts, whatever the paths
     failed = 0
@@ -229,14 +111,14 @@ def cmd_import_weights(args: argparse.Namespace) -> int:
 
     path = Path(args.checkpoint)
     if not path.is_file():
-        return _fail(f"{path}: no such checkpoint")
+        return fail(f"{path}: no such checkpoint")
     data = path.read_bytes()
     digest = hashlib.sha256(data).hexdigest()
     try:
         # weights_only: a checkpoint from elsewhere is never unpickled into arbitrary objects.
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError, ...
-        return _fail(f"{path}: not a loadable PyTorch state dict ({e})")
+        return fail(f"{path}: not a loadable PyTorch state dict ({e})")
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]
     arch = get_architecture(args.architecture)
@@ -244,7 +126,7 @@ def cmd_import_weights(args: argparse.Namespace) -> int:
     try:
         model.load_state_dict(state, strict=True)
     except (RuntimeError, TypeError, AttributeError) as e:
-        return _fail(f"{path}: does not fit the {args.architecture} architecture: {e}")
+        return fail(f"{path}: does not fit the {args.architecture} architecture: {e}")
 
     official = OFFICIAL_WEIGHTS.get(args.architecture, {})
     is_official = official.get("sha256") == digest
@@ -270,7 +152,7 @@ def cmd_import_weights(args: argparse.Namespace) -> int:
             metrics=metrics,
         )
     except BundleError as e:
-        return _fail(str(e))
+        return fail(str(e))
     print(
         f"wrote {out} ({args.architecture}, {bundle.card['parameters']:,} parameters, "
         f"{'official' if is_official else 'unrecognised'} weights sha256 {digest[:12]}…)"
@@ -301,7 +183,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
             threads=args.threads,
         )
     except (BundleError, ProtocolError, FileNotFoundError, ValueError) as e:
-        return _fail(str(e))
+        return fail(str(e))
     check = made.quantized["check"]
 
     def pct(x: float | None) -> str:
@@ -330,13 +212,13 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     channels = [c.strip() for c in args.channels.split(",") if c.strip()]
     unknown = [c for c in channels if c not in AUGMENT_CHANNELS]
     if unknown or not channels:
-        return _fail(f"--channels: unknown {unknown}; use some of {list(AUGMENT_CHANNELS)}")
+        return fail(f"--channels: unknown {unknown}; use some of {list(AUGMENT_CHANNELS)}")
     try:
         source = resolve_bundle(args.bundle)
         name = load_bundle(source).name
         out = Path(args.out) if args.out else bundle_home() / f"{name}-recalibrated"
         if out.resolve() == Path(source).resolve():
-            return _fail(f"--out {out} is the bundle itself; write the copy elsewhere")
+            return fail(f"--out {out} is the bundle itself; write the copy elsewhere")
         utts = load_split(args.data_root, args.split)
         for root in args.extra or []:
             utts += load_split(root, args.split)
@@ -354,7 +236,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             progress=sys.stderr.isatty(),
         )
     except (BundleError, ProtocolError, FileNotFoundError, ValueError) as e:
-        return _fail(str(e))
+        return fail(str(e))
 
     def line(what: str, c) -> str:
         return f"  {what:<11} threshold {c.threshold:+.4f}  scale {c.scale:.3f}"
@@ -428,20 +310,12 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
-# --- entry point -------------------------------------------------------------------------------
+# --- registration ------------------------------------------------------------------------------
 
 
-def build_parser() -> argparse.ArgumentParser:
-    import voicescreen
-
-    p = argparse.ArgumentParser(
-        prog="voicescreen", description="Screen speech for audio deepfakes (bona fide vs spoof)."
-    )
-    p.add_argument("--version", action="version", version=f"voicescreen {voicescreen.__version__}")
-    p.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    s = sub.add_parser(
+def add_parsers(subparsers: Any) -> None:
+    """Register ``score``, ``optimize``, ``calibrate``, ``import-weights`` and ``models``."""
+    s = subparsers.add_parser(
         "score",
         help="score audio files (per file, optionally per window)",
         description="Score audio files offline: each file is cut into 4 s windows every --hop "
@@ -452,12 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("files", nargs="+", metavar="FILE", help="wav/flac/ogg, any rate, mono/stereo")
     s.add_argument("--bundle", help="bundle path or installed name (default: the shipped one)")
     s.add_argument("--windows", action="store_true", help="print the per-window timeline")
-    s.add_argument(
-        "--hop",
-        type=float,
-        default=HOP_SECONDS,
-        help="window hop, seconds (default: %(default)g)",
-    )
+    add_hop_argument(s)
     s.add_argument("--json", action="store_true", help="one JSON object per file")
     s.add_argument(
         "--channel",
@@ -469,7 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_runtime_arguments(s)
     s.set_defaults(func=cmd_score)
 
-    s = sub.add_parser(
+    s = subparsers.add_parser(
         "optimize",
         help="write an int8 copy of an AASIST bundle (lossy; calibrated on train clips)",
         description="Quantise an AASIST/AASIST-L bundle's model.onnx to int8 (static QDQ), "
@@ -488,7 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--threads", type=int, default=None, help="intra-op threads")
     s.set_defaults(func=cmd_optimize)
 
-    s = sub.add_parser(
+    s = subparsers.add_parser(
         "calibrate",
         help="recalibrate a bundle on labelled clips, pooled and per channel",
         description="Score the first window of every clip of --split (of --data-root and each "
@@ -513,38 +382,13 @@ def build_parser() -> argparse.ArgumentParser:
     from voicescreen.models.registry import ARCHITECTURES
 
     torch_archs = [n for n in ARCHITECTURES if n != "lfcc-gmm"]
-    s = sub.add_parser("import-weights", help="turn a reference checkpoint into a bundle")
+    s = subparsers.add_parser("import-weights", help="turn a reference checkpoint into a bundle")
     s.add_argument("architecture", choices=torch_archs)
     s.add_argument("checkpoint", help="the .pth state dict (e.g. the official AASIST.pth)")
     s.add_argument("--out", help="bundle directory or .zip (default: the user bundle directory)")
     s.add_argument("--name", help="bundle name (default: the output's name)")
     s.set_defaults(func=cmd_import_weights)
 
-    s = sub.add_parser("models", help="list installed bundles and known architectures")
+    s = subparsers.add_parser("models", help="list installed bundles and known architectures")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_models)
-
-    from voicescreen.monitor import add_parsers as add_monitor_parsers
-    from voicescreen.scale import add_parsers as add_scale_parsers
-    from voicescreen.train.commands import add_parsers as add_train_parsers
-    from voicescreen.web.commands import add_parsers as add_web_parsers
-
-    add_web_parsers(sub)
-    add_scale_parsers(sub)
-    add_monitor_parsers(sub)
-    add_train_parsers(sub)
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        return args.func(args)
-    except BrokenPipeError:  # the reader left early (`voicescreen models --json | head`)
-        # Whatever is still buffered would fail again at exit: send it nowhere, quietly.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return EXIT_BROKEN_PIPE
-    except KeyboardInterrupt:  # Ctrl-C: the command has stopped what it was doing
-        return EXIT_INTERRUPTED

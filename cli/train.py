@@ -1,5 +1,5 @@
-"""The ``train``, ``eval``, ``explain`` and ``data build`` subcommands; ``cli.py`` calls
-``add_parsers``.
+"""``voicescreen train``, ``eval``, ``explain`` and ``data build``: the commands over
+``voicescreen.train``.
 
     voicescreen train aasist-l --data-root ../shared/data --out runs/aasist-l \\
         --init ../shared/reference/aasist/AASIST-L.pth --export runs/aasist-l/bundle
@@ -17,12 +17,9 @@ import shlex
 import sys
 from typing import Any
 
+from voicescreen.cli import configure_logging, fail
+
 log = logging.getLogger("voicescreen")
-
-
-def _fail(message: str) -> int:
-    print(f"voicescreen: {message}", file=sys.stderr)
-    return 2
 
 
 def _progress(args: argparse.Namespace) -> bool | None:
@@ -72,7 +69,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     try:
         recipe = recipe_from_args(args)
     except (ValueError, KeyError, OSError) as e:
-        return _fail(f"recipe: {e.args[0] if e.args else e}")
+        return fail(f"recipe: {e.args[0] if e.args else e}")
     if args.show_recipe:
         import json
 
@@ -91,7 +88,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             progress=_progress(args),
         )
     except (TrainError, ProtocolError, ValueError, RuntimeError) as e:
-        return _fail(str(e))
+        return fail(str(e))
     last = result.history[-1] if result.history else {}
     figures = ", ".join(
         f"{k} {last[k]:.4f}"
@@ -123,7 +120,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     split = args.split
     if args.folds and split is not None:
-        return _fail("--folds scores the folds' held-out parts of train and dev; drop --split")
+        return fail("--folds scores the folds' held-out parts of train and dev; drop --split")
     if not args.folds and split is None:
         split = "eval"
     try:
@@ -155,7 +152,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             command=shlex.join(["voicescreen", *sys.argv[1:]]) if args.record_command else None,
         )
     except (BundleError, ProtocolError, FileNotFoundError, ValueError, RuntimeError) as e:
-        return _fail(str(e))
+        return fail(str(e))
     f = result.figures
     tdcf = "n/a" if f.min_tdcf is None else f"{f.min_tdcf:.4f}"
     at = (  # the card's calibrations that judged the clips, or its one threshold
@@ -204,7 +201,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     try:
         result = explain(args.file, resolve_bundle(args.bundle), args.out)
     except (BundleError, ExplainError, AudioError, FileNotFoundError, OSError) as e:
-        return _fail(str(e))
+        return fail(str(e))
     print(
         f"{args.file}: {result.verdict} (score {result.score:+.4f}); "
         f"{len(result.files)} files in {args.out}"
@@ -231,7 +228,7 @@ def cmd_data_build(args: argparse.Namespace) -> int:
     try:
         result = build(args.out, opts)
     except (MissingTool, RenderError, ValueError, OSError) as e:
-        return _fail(f"data build: {e}")
+        return fail(f"data build: {e}")
     recipes = result.plan.recipes
     eers = ", ".join(f"{k} {100 * v:.1f} %" for k, v in result.eers.items())
     print(
@@ -405,13 +402,12 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one of these subcommands alone (``python -m voicescreen.train.commands ...``)."""
+    """Run one of these subcommands alone (``python -m voicescreen.cli.train ...``)."""
     p = argparse.ArgumentParser(prog="voicescreen")
     p.add_argument("-v", "--verbose", action="count", default=0)
     add_parsers(p.add_subparsers(dest="command", required=True, metavar="COMMAND"))
     args = p.parse_args(argv)
-    level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(args.verbose)
     return args.func(args)
 
 

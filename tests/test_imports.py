@@ -1,0 +1,259 @@
+"""The package's import graph, read from the source (nothing is imported): commands sit above the
+libraries, and the rooms import one another one way.
+
+Every ``voicescreen.*`` import counts, at module level or inside a function (a function-level
+import is a dependency all the same, only a later one); those under ``if TYPE_CHECKING:`` count
+for the layering rules but not for cycles, since they never run. A package's ``__init__``
+importing its own submodules (re-exporting or registering them) is not counted as a dependency of
+the package on them: importing any submodule runs the ``__init__`` first, so that edge is how
+packages work, not a layer reaching into another.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = "voicescreen"
+ROOT = Path(__file__).resolve().parents[1]  # the repository root is the package
+
+# Cycles still in the tree, each the exact set of modules of one strongly connected component of
+# the import graph (TYPE_CHECKING imports left out). The list can only shrink: a new cycle, or a
+# module joining one of these, fails the test, and so does an entry that no longer matches (take it
+# out, or shrink it to what is left).
+KNOWN_CYCLES: list[frozenset[str]] = [
+    # audio.py resamples with stream.resample, which takes SAMPLE_RATE and AudioError from audio.py
+    # (function-level); audio.py should import nothing heavier than itself.
+    frozenset({"voicescreen.audio", "voicescreen.stream.resample"}),
+    # models/: the runtimes, the bundle that builds them, the int8 path and the encoder-reuse path
+    # call one another (function-level imports); the runtimes step untangles them.
+    frozenset(
+        {
+            "voicescreen.models.bundle",
+            "voicescreen.models.incremental",
+            "voicescreen.models.optimize",
+            "voicescreen.models.runtime",
+        }
+    ),
+    # open_runtimes opens the Ray or Triton client only when asked for (function-level, so Ray and
+    # tritonclient load only then); the clients take their options and BackendError from backends.
+    frozenset(
+        {"voicescreen.stream.backends", "voicescreen.stream.rayserve", "voicescreen.stream.triton"}
+    ),
+]
+
+# voicescreen.models importing voicescreen.train: only here, and only until it moves.
+KNOWN_MODELS_TO_TRAIN: set[tuple[str, str]] = {
+    # moves with the runtimes step: the int8 check scores dev clips with train's data and metrics
+    ("voicescreen.models.optimize", "voicescreen.train.data"),
+    ("voicescreen.models.optimize", "voicescreen.train.metrics"),
+}
+
+# Rooms (top-level modules and packages) cleaned of cycles: none of them may be part of one.
+CLEAN_ROOMS = {"voicescreen.cli", "voicescreen.monitor", "voicescreen.web", "voicescreen.scale"}
+
+
+def module_files() -> dict[str, Path]:
+    """Every module of the package by dotted name: the root's .py files and those of the folders
+    that are packages (an ``__init__.py``), recursively; tests, scripts and build output are not."""
+    found: dict[str, Path] = {}
+
+    def walk(folder: Path, prefix: str) -> None:
+        for path in sorted(folder.iterdir()):
+            if path.is_dir() and (path / "__init__.py").is_file():
+                walk(path, f"{prefix}.{path.name}")
+            elif path.suffix == ".py":
+                name = prefix if path.stem == "__init__" else f"{prefix}.{path.stem}"
+                found[name] = path
+
+    walk(ROOT, PACKAGE)
+    return found
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
+
+
+def imports_of(name: str, path: Path, modules: set[str]) -> list[tuple[str, bool]]:
+    """The package modules that ``name`` imports, anywhere in its source, each with whether the
+    import sits under ``if TYPE_CHECKING:``."""
+    is_package = path.name == "__init__.py"
+    here = name if is_package else name.rpartition(".")[0]
+    out: list[tuple[str, bool]] = []
+
+    def target(module: str) -> str | None:
+        while module and module not in modules:  # a name defined in a module, not a module
+            module = module.rpartition(".")[0]
+        return module or None
+
+    def visit(node: ast.AST, typing_only: bool) -> None:
+        if isinstance(node, ast.If) and _is_type_checking(node.test):
+            for child in node.body:
+                visit(child, True)
+            for child in node.orelse:
+                visit(child, typing_only)
+            return
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name == PACKAGE or alias.name.startswith(PACKAGE + "."):
+                    found = target(alias.name)
+                    if found:
+                        out.append((found, typing_only))
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = here
+                for _ in range(node.level - 1):
+                    base = base.rpartition(".")[0]
+                base = f"{base}.{node.module}" if node.module else base
+            else:
+                base = node.module or ""
+            if base == PACKAGE or base.startswith(PACKAGE + "."):
+                for alias in node.names:  # `from pkg import submodule` imports the submodule
+                    found = target(f"{base}.{alias.name}")
+                    if found:
+                        out.append((found, typing_only))
+        for child in ast.iter_child_nodes(node):
+            visit(child, typing_only)
+
+    visit(ast.parse(path.read_text(encoding="utf-8"), str(path)), False)
+    return out
+
+
+def import_graph(runtime_only: bool) -> dict[str, set[str]]:
+    """Module -> the package modules it imports (itself, and a package's own submodules, left
+    out); ``runtime_only``: without the TYPE_CHECKING imports."""
+    files = module_files()
+    modules = set(files)
+    graph: dict[str, set[str]] = {name: set() for name in files}
+    for name, path in files.items():
+        for target, typing_only in imports_of(name, path, modules):
+            if runtime_only and typing_only:
+                continue
+            if target == name or (path.name == "__init__.py" and target.startswith(name + ".")):
+                continue
+            graph[name].add(target)
+    return graph
+
+
+def strongly_connected(graph: dict[str, set[str]]) -> list[frozenset[str]]:
+    """The graph's cycles: its strongly connected components of more than one node (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[frozenset[str]] = []
+
+    def connect(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph.get(v, ())):
+            if w not in index:
+                connect(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = set()
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.add(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(frozenset(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            connect(v)
+    return found
+
+
+def room(module: str) -> str:
+    """The top-level module or package ``module`` belongs to: voicescreen.web.app -> .web."""
+    return ".".join(module.split(".")[:2])
+
+
+def in_room(module: str, name: str) -> bool:
+    return module == name or module.startswith(name + ".")
+
+
+def is_library(module: str) -> bool:
+    """Everything but the commands and the ``python -m`` entry points."""
+    return not in_room(module, f"{PACKAGE}.cli") and not module.endswith(".__main__")
+
+
+def edges(graph: dict[str, set[str]]) -> list[tuple[str, str]]:
+    return sorted((a, b) for a, targets in graph.items() for b in targets)
+
+
+def test_the_walk_finds_the_package():
+    files = module_files()
+    for name in ("voicescreen", "voicescreen.cli", "voicescreen.cli.serve", "voicescreen.audio"):
+        assert name in files
+    assert not any(".tests" in n or ".scripts" in n or ".build" in n for n in files)
+    graph = import_graph(runtime_only=False)
+    assert "voicescreen.audio" in graph["voicescreen.cli"]  # module level
+    assert "voicescreen.cli.serve" in graph["voicescreen.cli.deploy"]
+    assert "voicescreen.stream.loading" in graph["voicescreen.cli.monitor"]  # in a function
+
+
+def test_no_library_imports_the_commands():
+    wrong = [
+        (a, b)
+        for a, b in edges(import_graph(runtime_only=False))
+        if is_library(a) and in_room(b, f"{PACKAGE}.cli")
+    ]
+    assert not wrong, f"library modules import voicescreen.cli: {wrong}"
+
+
+def test_models_import_train_only_where_known():
+    found = {
+        (a, b)
+        for a, b in edges(import_graph(runtime_only=False))
+        if in_room(a, f"{PACKAGE}.models") and in_room(b, f"{PACKAGE}.train")
+    }
+    assert not found - KNOWN_MODELS_TO_TRAIN, (
+        f"models imports train: {found - KNOWN_MODELS_TO_TRAIN}"
+    )
+    stale = KNOWN_MODELS_TO_TRAIN - found
+    assert not stale, f"gone: take {stale} out of KNOWN_MODELS_TO_TRAIN"
+
+
+def test_stream_does_not_import_web():
+    wrong = [
+        (a, b)
+        for a, b in edges(import_graph(runtime_only=False))
+        if in_room(a, f"{PACKAGE}.stream") and in_room(b, f"{PACKAGE}.web")
+    ]
+    assert not wrong, f"voicescreen.stream imports voicescreen.web: {wrong}"
+
+
+def test_no_cycles_but_the_known_ones():
+    found = set(strongly_connected(import_graph(runtime_only=True)))
+    known = set(KNOWN_CYCLES)
+    new = [sorted(c) for c in found - known]
+    assert not new, f"import cycles (new, or grown from a known one): {new}"
+    stale = [sorted(c) for c in known - found]
+    assert not stale, f"these known cycles are gone or smaller: update KNOWN_CYCLES: {stale}"
+
+
+def test_the_cleaned_rooms_are_in_no_cycle():
+    graph = import_graph(runtime_only=True)
+    rooms: dict[str, set[str]] = {}
+    for a, b in edges(graph):
+        if a.endswith(".__main__"):  # `python -m` entry points stand above every room
+            continue
+        if room(a) != room(b):
+            rooms.setdefault(room(a), set()).add(room(b))
+    for cycle in strongly_connected(rooms):
+        assert not cycle & CLEAN_ROOMS, f"rooms import one another in a circle: {sorted(cycle)}"
+
+
+def test_the_cycle_check_sees_a_cycle():
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    assert strongly_connected(graph) == [frozenset({"a", "b", "c"})]
+    assert strongly_connected({"a": {"b"}, "b": set()}) == []
