@@ -381,7 +381,7 @@ def add_parsers(subparsers: Any) -> None:
 
     from voicescreen.models.registry import ARCHITECTURES
 
-    torch_archs = [n for n in ARCHITECTURES if n != "lfcc-gmm"]
+    torch_archs = [n for n, a in ARCHITECTURES.items() if a.trainable and n != "lfcc-gmm"]
     s = subparsers.add_parser("import-weights", help="turn a reference checkpoint into a bundle")
     s.add_argument("architecture", choices=torch_archs)
     s.add_argument("checkpoint", help="the .pth state dict (e.g. the official AASIST.pth)")

@@ -1,10 +1,11 @@
-"""``voicescreen train``, ``eval``, ``explain`` and ``data build``: the commands over
+"""``voicescreen train``, ``eval``, ``fuse``, ``explain`` and ``data build``: the commands over
 ``voicescreen.train``.
 
     voicescreen train aasist-l --data-root ../shared/data --out runs/aasist-l \\
         --init ../shared/reference/aasist/AASIST-L.pth --export runs/aasist-l/bundle
     voicescreen eval --bundle runs/aasist-l/bundle --data-root ../shared/data --split eval \\
         --out runs/aasist-l/eval
+    voicescreen fuse default runs/w/bundle --data-root runs/corpus-v2 --out runs/fused
     voicescreen explain clip.flac --bundle runs/aasist-l/bundle --out runs/aasist-l/explain
     voicescreen data build runs/corpus-v2 --size small --seed 0
 """
@@ -187,6 +188,57 @@ def _channels(spec: str) -> list[str]:
             parse_channel(item)  # a bad name fails here, with the known ones
             out.append(item)
     return list(dict.fromkeys(out))
+
+
+# --- voicescreen fuse --------------------------------------------------------------------------
+
+
+def cmd_fuse(args: argparse.Namespace) -> int:
+    from voicescreen.models.bundle import BundleError
+    from voicescreen.models.store import portable_path, resolve_bundle
+    from voicescreen.train.data import ProtocolError, balanced_subset, load_split
+    from voicescreen.train.fusion import fuse_bundles
+
+    try:
+        channels = _channels(args.channels)
+        paths = [resolve_bundle(b) for b in args.bundles]
+        utts = load_split(args.data_root, args.split)
+        for root in args.extra or []:
+            utts += load_split(root, args.split)
+        if args.subset:
+            picked = balanced_subset(utts, args.subset, args.seed, args.per_attack)
+            utts = sorted(picked, key=lambda u: u.file)
+        data = {
+            "corpora": [portable_path(args.data_root), *map(portable_path, args.extra or [])],
+            "split": args.split,
+            "subset": args.subset,
+            "per_attack": args.per_attack,
+        }
+        bundle, fit = fuse_bundles(
+            paths,
+            utts,
+            channels,
+            args.out,
+            name=args.name,
+            data=data,
+            threads=args.threads,
+            progress=_progress(args),
+            seed=args.seed,
+            command=shlex.join(["voicescreen", *sys.argv[1:]]),
+        )
+    except (BundleError, ProtocolError, FileNotFoundError, ValueError) as e:
+        return fail(str(e), "fuse")
+    members = bundle.card["provenance"]["members"]
+    print(f"wrote {args.out}: {len(utts)} clips x {len(channels)} channels ({', '.join(channels)})")
+    terms = " ".join(f"{w:+.4f}*{m['name']}" for w, m in zip(fit.weights, members, strict=True))
+    print(f"  fused = {fit.bias:+.4f} {terms}")
+    kinds = sorted({k for f in fit.figures.values() for k in f if k != "pooled"})
+    width = max(len(k) for k in fit.figures)
+    print(f"  {'EER %':<{width}}  pooled  " + "  ".join(f"{k:>10}" for k in kinds))
+    for who, f in fit.figures.items():
+        cells = "  ".join(f"{100 * f[k]:>10.2f}" if k in f else f"{'-':>10}" for k in kinds)
+        print(f"  {who:<{width}}  {100 * f['pooled']:>6.2f}  {cells}")
+    return 0
 
 
 # --- voicescreen explain -----------------------------------------------------------------------
@@ -376,6 +428,35 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=cmd_eval)
 
+    s = subparsers.add_parser(
+        "fuse",
+        help="fuse two or more bundles' scores into one bundle (logistic regression)",
+        description="Score labelled clips with every bundle, fit a logistic regression of the "
+        "labels on their scores, calibrate the fused score (pooled and per kind of audio) and "
+        "write one bundle that runs every member and the regression. Fit it on validation "
+        "data none of the members trained on.",
+    )
+    s.add_argument("bundles", nargs="+", metavar="BUNDLE", help="bundle paths or installed names")
+    s.add_argument("--data-root", required=True)
+    s.add_argument("--extra", action="append", metavar="ROOT", help="another corpus (repeatable)")
+    s.add_argument("--split", choices=["dev", "eval", "train"], default="dev", help="default: dev")
+    s.add_argument(
+        "--channels",
+        default="clean,mulaw",
+        metavar="CH[,CH]",
+        help="score every clip through each of these channels (default: clean,mulaw)",
+    )
+    s.add_argument("--subset", type=int, help="fit on a seeded class-balanced subset only")
+    s.add_argument(
+        "--per-attack", action="store_true", help="spread the subset's spoofs over the attacks"
+    )
+    s.add_argument("--name", default="fusion", help="the fused bundle's name (default: fusion)")
+    s.add_argument("--out", required=True, help="bundle folder (or .zip) to write")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--threads", type=int)
+    s.add_argument("--no-progress", action="store_true")
+    s.set_defaults(func=cmd_fuse)
+
     s = subparsers.add_parser("explain", help="heatmaps of AASIST's graph attention for one clip")
     s.add_argument("file", help="audio file (its first window is scored)")
     s.add_argument("--bundle", help="an AASIST or AASIST-L bundle (default: the shipped one)")
@@ -420,6 +501,7 @@ __all__ = [
     "cmd_data_build",
     "cmd_eval",
     "cmd_explain",
+    "cmd_fuse",
     "cmd_train",
     "main",
     "recipe_from_args",

@@ -56,6 +56,7 @@ ONNX_FILE = "model.onnx"
 WEIGHTS_FILE = "weights.safetensors"
 ONNX_INPUT = "waveform"
 ONNX_OUTPUTS = ("logits", "score")
+ONNX_PARTS = "parts"  # a fusion's third output: its members' raw scores (batch, members)
 ONNX_OPSET = 17
 POOLED = "pooled"  # the calibration of a card over all channels
 EXPORT_TOLERANCE = 1e-3  # ONNX Runtime vs PyTorch on the export check input (tests ask for 1e-4)
@@ -251,6 +252,8 @@ class Bundle:
         options.setdefault("fast_path", self.fast_path)
         runtime = open_runtime(self, backend, **options)
         runtime.why = self.plan.why if self.plan is not None else None
+        if getattr(runtime, "score_parts", None) is not None:  # a fusion names its members
+            runtime.part_names = tuple(str(m["name"]) for m in self.config.get("members", ()))
         return runtime
 
 
@@ -291,7 +294,7 @@ def _check_onnx(path: Path, data: bytes, input_samples: int) -> None:
             f"{path}: {ONNX_FILE} input shape {shape} does not match the card "
             f"(dynamic batch, {input_samples} samples)"
         )
-    if tuple(outputs) != ONNX_OUTPUTS:
+    if tuple(outputs) not in (ONNX_OUTPUTS, (*ONNX_OUTPUTS, ONNX_PARTS)):
         raise BundleError(f"{path}: {ONNX_FILE} outputs {list(outputs)}, expected {ONNX_OUTPUTS}")
     if outputs["logits"][1:] != [2]:
         raise BundleError(f"{path}: {ONNX_FILE} logits shape {outputs['logits']}, expected (B, 2)")
@@ -365,7 +368,10 @@ def _scored(model: nn.Module, convention: str) -> nn.Module:
             super().__init__()
             self.model = model
 
-        def forward(self, waveform: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        def forward(self, waveform: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            if hasattr(self.model, "forward_parts"):  # a fusion: its members' scores as well
+                logits, parts = self.model.forward_parts(waveform)
+                return logits, score_from_logits(logits, convention), parts
             logits = self.model(waveform)
             return logits, score_from_logits(logits, convention)
 
@@ -378,12 +384,13 @@ def export_onnx(model: nn.Module, convention: str, input_samples: int) -> bytes:
 
     example = torch.zeros(2, input_samples)
     example[:, ::97] = 0.1  # any non-silent input; values do not matter for tracing
+    outputs = [*ONNX_OUTPUTS, *([ONNX_PARTS] if hasattr(model, "forward_parts") else [])]
     return trace_onnx(
         _scored(model.eval(), convention),
         example,
         input_names=[ONNX_INPUT],
-        output_names=list(ONNX_OUTPUTS),
-        dynamic_axes={ONNX_INPUT: {0: "batch"}, "logits": {0: "batch"}, "score": {0: "batch"}},
+        output_names=outputs,
+        dynamic_axes={ONNX_INPUT: {0: "batch"}, **{name: {0: "batch"} for name in outputs}},
     )
 
 
@@ -497,8 +504,9 @@ def export_bundle(
         "metrics": dict(metrics) if metrics else {},
         "export_check": {"batch": int(x.shape[0]), "max_abs_score_diff": diff},
     }
-    if arch.requires:
-        card["requires"] = list(arch.requires)  # extras that load_bundle insists on
+    requires = getattr(model, "requires", arch.requires)  # a fusion's are its members'
+    if requires:
+        card["requires"] = list(requires)  # extras that load_bundle insists on
     if getattr(model, "pretrained", None):
         card["pretrained"] = dict(model.pretrained)  # frozen weights the extra provides
     bundle = write_bundle(out, card, files)

@@ -52,6 +52,8 @@ class Architecture:
     requires: tuple[str, ...] = ()  # keys of EXTRAS it needs
     # Trains on cached features of a frozen prefix (train/frozen.py, recipe ``frozen_blocks``)
     frozen_prefix: bool = False
+    # Trained by ``voicescreen train``; a fusion is made from trained bundles instead
+    trainable: bool = True
 
     def _module(self) -> Any:
         return importlib.import_module(self.module)
@@ -146,6 +148,16 @@ ARCHITECTURES: dict[str, Architecture] = {
             "(the whisper extra)",
             requires=("whisper",),
             frozen_prefix=True,
+        ),
+        Architecture(
+            "fusion",
+            "voicescreen.models.fusion",
+            "Fusion",
+            "FusionConfig",
+            "log_odds",
+            "Two or more of these models and a logistic regression of their scores "
+            "(voicescreen fuse)",
+            trainable=False,
         ),
     ]
 }

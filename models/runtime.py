@@ -1,7 +1,9 @@
 """Runtimes: score a batch of windows with ONNX Runtime or PyTorch.
 
 Both take (B, input_samples) float32 16 kHz windows and return ``(logits (B, 2), score (B,))``
-as numpy arrays; the score follows the bundle's convention (higher = more bona fide).
+as numpy arrays; the score follows the bundle's convention (higher = more bona fide). A fusion
+bundle's runtime also has ``score_parts(windows) -> (score (B,), parts (B, K))``, its members'
+raw scores beside the fused one; on any other runtime ``score_parts`` is None.
 
 Fast paths (``voicescreen.models.optimize``), chosen when a runtime starts
 (``Bundle.runtime(backend, fast_path=...)``, ``--fast-path`` on the command line) and built on the
@@ -153,11 +155,20 @@ class OnnxRuntime:
         self.fast_path: str | None = None  # set by the builders below and by int8 bundles
         self.session = ort_session(onnx_model, name=name, providers=providers, threads=threads)
         self.providers = self.session.get_providers()
+        outputs = [o.name for o in self.session.get_outputs()]
+        if "parts" not in outputs:
+            self.score_parts = None  # not a fusion graph
 
     def __call__(self, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         x = check_batch(windows, self.input_samples)
         logits, score = self.session.run(["logits", "score"], {"waveform": x})
         return logits, score
+
+    def score_parts(self, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """A fusion's scores (B,) and its members' raw scores (B, K) in one run."""
+        x = check_batch(windows, self.input_samples)
+        score, parts = self.session.run(["score", "parts"], {"waveform": x})
+        return score, parts
 
 
 class TorchRuntime:
@@ -188,6 +199,8 @@ class TorchRuntime:
         self.model = model.eval().to(self.device)
         self._score = lambda logits: score_from_logits(logits, convention)
         self.providers = [str(self.device)]
+        if not hasattr(self.model, "forward_parts"):
+            self.score_parts = None  # not a fusion
 
     def __call__(self, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         import torch
@@ -197,6 +210,16 @@ class TorchRuntime:
             logits = self.model(x)
             score = self._score(logits)
         return logits.float().cpu().numpy(), score.float().cpu().numpy()
+
+    def score_parts(self, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """A fusion's scores (B,) and its members' raw scores (B, K) in one run."""
+        import torch
+
+        x = torch.from_numpy(check_batch(windows, self.input_samples)).to(self.device)
+        with torch.inference_mode():
+            logits, parts = self.model.forward_parts(x)
+            score = self._score(logits)
+        return score.float().cpu().numpy(), parts.float().cpu().numpy()
 
 
 def check_batch(windows: np.ndarray, input_samples: int) -> np.ndarray:

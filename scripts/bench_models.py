@@ -123,7 +123,7 @@ def fmt(triple: list[float], digits: int = 1) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--models", default=",".join(ARCHITECTURES))
+    p.add_argument("--models", default=",".join(n for n, a in ARCHITECTURES.items() if a.trainable))
     p.add_argument("--batches", default="16,32")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--no-write", action="store_true", help="print only")

@@ -68,6 +68,7 @@ class ScoreEvent(WindowEvent):
     scored_by: str  # the bundle that produced the score (a cascade's cheap or expensive model)
     screen: float | None = None  # cascade: the cheap model's calibrated score, else None
     calibration: str = "pooled"  # the bundle's calibration applied: wideband, narrowband, pooled
+    parts: dict[str, float] | None = None  # a fusion's members' raw scores, when asked for
 
 
 @dataclass(frozen=True, kw_only=True)

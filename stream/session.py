@@ -110,6 +110,7 @@ class Session:
     ``channel``: the kind of audio (``wideband`` or ``narrowband``) whose calibration the
     scores get; by default the one ``fmt`` implies (``AudioFormat.channel``: Twilio's 8 kHz
     mu-law is narrowband, a 16 kHz PCM16 stream or a 48 kHz microphone wideband).
+    ``parts``: score events of a fusion bundle carry its members' raw scores (``parts``).
     """
 
     def __init__(
@@ -122,6 +123,7 @@ class Session:
         smoothing: SmoothingOptions | None = None,
         stream_id: str | None = None,
         channel: str | None = None,
+        parts: bool = False,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         if not isinstance(scorers, Mapping):
@@ -131,6 +133,7 @@ class Session:
         self.stream_id = stream_id or uuid.uuid4().hex[:12]
         self.format = fmt or AudioFormat()
         self.channel = check_channel(channel) or self.format.channel
+        self.parts = parts
         self.vad = vad or VadOptions()
         self.smoothing = smoothing or SmoothingOptions()
         self._clock = clock
@@ -350,6 +353,7 @@ class Session:
                 scored_by=result.scored_by,
                 screen=result.screen,
                 calibration=result.calibration,
+                parts=result.parts if self.parts else None,
             )
         )
         if verdict != previous:

@@ -100,6 +100,7 @@ class Result:
     batch: int  # windows in the model call
     screen: float | None = None  # cascade: the cheap model's calibrated score
     calibration: str = POOLED  # the bundle's calibration applied: a channel's, or pooled
+    parts: dict[str, float] | None = None  # a fusion: its members' raw scores, by name
 
 
 class StreamScorer(Protocol):
@@ -218,6 +219,10 @@ class InferenceWorker:
         self.score_spec = score
         self.options = options or BatchOptions()
         self.metrics = WorkerMetrics()
+        # A fusion's runtime scores its members too (``score_parts``) and names them.
+        self._score_parts = getattr(runtime, "score_parts", None)
+        names = tuple(getattr(runtime, "part_names", None) or ())
+        self._part_names = names if self._score_parts is not None and not self.takes_jobs else ()
         self._specs: dict[str | None, tuple[ScoreSpec, str]] = {}
         # one queue per stream (None: windows submitted without one), in round-robin order
         self._queues: dict[object, deque[_Item]] = {}
@@ -449,8 +454,13 @@ class InferenceWorker:
             else:
                 x = np.stack([item.samples for item in batch])
             t0 = loop.time()
+            parts = None
             try:
-                _, raw = await loop.run_in_executor(self._executor, self.runtime, x)
+                if self._part_names:  # a fusion: its members' scores come from the same run
+                    raw, parts = await loop.run_in_executor(self._executor, self._score_parts, x)
+                    parts = np.asarray(parts, dtype=np.float64).reshape(len(batch), -1)
+                else:
+                    _, raw = await loop.run_in_executor(self._executor, self.runtime, x)
                 raw = np.asarray(raw, dtype=np.float64).reshape(len(batch))
             except asyncio.CancelledError:
                 for item in batch:
@@ -474,7 +484,7 @@ class InferenceWorker:
             self.metrics.batches += 1
             self.metrics.batch_sizes[len(batch)] += 1
             self.metrics.busy_s += now - t0
-            for item, r in zip(batch, raw, strict=True):
+            for i, (item, r) in enumerate(zip(batch, raw, strict=True)):
                 if item.future.done():  # cancelled while it ran
                     self.metrics.cancelled += 1
                     continue
@@ -489,6 +499,9 @@ class InferenceWorker:
                         calibrated,
                         len(batch),
                         calibration=item.calibration,
+                        parts=None
+                        if parts is None
+                        else dict(zip(self._part_names, map(float, parts[i]), strict=True)),
                     )
                 )
         finally:

@@ -112,6 +112,8 @@ class Recipe:
         problems = []
         if self.architecture not in ARCHITECTURES:
             problems.append(f"unknown architecture {self.architecture!r}")
+        elif not ARCHITECTURES[self.architecture].trainable:
+            problems.append(f"{self.architecture} is not trained: make one with voicescreen fuse")
         if self.scheduler not in SCHEDULERS:
             problems.append(f"scheduler must be one of {SCHEDULERS}")
         if self.crop not in CROPS:

@@ -135,9 +135,12 @@ class StreamStart:
     models: tuple[str, ...] | None = None  # None: every model the server serves
     stream_id: str | None = None
     channel: str | None = None  # wideband / narrowband as declared; None: what the format implies
+    parts: bool = False  # score events carry a fusion's members' scores
 
 
-START_FIELDS = ("type", "sample_rate", "encoding", "channels", "stream_id", "models", "channel")
+START_FIELDS = (
+    "type", "sample_rate", "encoding", "channels", "stream_id", "models", "channel", "parts"
+)  # fmt: skip
 
 
 def check_stream_id(value: Any) -> str:
@@ -215,11 +218,15 @@ def parse_start(
         channel = check_channel(message.get("channel"))
     except ValueError as e:
         raise StreamError("bad_start", str(e)) from None
+    parts = message.get("parts", False)
+    if not isinstance(parts, bool):
+        raise StreamError("bad_start", f"parts must be true or false, got {quote(parts)}")
     return StreamStart(
         fmt,
         None if models is None else check_models(models, known),
         None if stream_id is None else check_stream_id(stream_id),
         channel,
+        parts,
     )
 
 
@@ -332,8 +339,10 @@ class Streams:
         models: tuple[str, ...] | None,
         stream_id: str | None,
         channel: str | None = None,
+        parts: bool = False,
     ) -> Session:
-        """A session for a new stream; ``channel`` None: the one ``fmt`` implies."""
+        """A session for a new stream; ``channel`` None: the one ``fmt`` implies; ``parts``:
+        its score events carry a fusion's members' scores."""
         names = models or tuple(self.workers)
         return Session(
             {name: self.workers[name] for name in names},
@@ -343,6 +352,7 @@ class Streams:
             smoothing=self.config.smoothing,
             stream_id=stream_id,
             channel=channel,
+            parts=parts,
         )
 
     def started(self, session: Session, models: tuple[str, ...] | None) -> dict[str, Any]:
