@@ -178,7 +178,11 @@ def test_fuse_then_score_and_eval_from_the_command_line(members, small_corpus, t
         "eval", "--bundle", out, "--data-root", small_corpus, "--split", "eval",
         "--out", tmp_path / "eval", "--no-progress",
     )  # fmt: skip
-    assert said.startswith("eval: EER") and (tmp_path / "eval" / "report.md").is_file()
+    assert said.startswith("eval: EER")
+    report = (tmp_path / "eval" / "report.md").read_text()
+    assert "## Fusion (from the bundle's card)" in report
+    assert "EER of fusion (cross-fitted)" in report
+    assert "Recipe `None`" not in report
     refused = subprocess.run(
         [sys.executable, "-m", "voicescreen", "fuse", members[0], "--data-root", str(small_corpus),
          "--out", str(tmp_path / "one")], capture_output=True, text=True,

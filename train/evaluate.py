@@ -704,6 +704,26 @@ def _data_lines(data: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def _fusion_lines(card: Mapping[str, Any]) -> list[str]:
+    """A fusion card's members, regression and the data it was fitted on, as report lines."""
+    training, config = card["training"], card["config"]
+    fusion = training["fusion"]
+    terms = " ".join(
+        f"{w:+.4f} x `{m['name']}` ({m['architecture']})"
+        for w, m in zip(config["weights"], config["members"], strict=True)
+    )
+    data = training.get("data") or {}
+    lines = [
+        f"- Fused score: {config['bias']:+.4f} {terms} (raw member scores)",
+        f"- Fitted on {training.get('clips')} clips of {data.get('corpora') or data} "
+        f"through {', '.join(training.get('channels') or [])}: {fusion.get('scores')} scores",
+    ]
+    for who, eers in (fusion.get("figures") or {}).items():
+        cells = ", ".join(f"{k} {_pct(v)}" for k, v in eers.items())
+        lines.append(f"  - EER of {who}: {cells}")
+    return lines
+
+
 def _report_markdown(
     meta: dict, f: Figures, card: dict, files: dict[str, Path], command: str | None
 ) -> str:
@@ -778,7 +798,9 @@ def _report_markdown(
     if "training" in files:
         lines += ["", f"![training curves]({files['training'].name})"]
     training = card.get("training") or {}
-    if training:
+    if training.get("fusion"):
+        lines += ["", "## Fusion (from the bundle's card)", "", *_fusion_lines(card)]
+    elif training:
         recipe = training.get("recipe", {})
         lines += [
             "",

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from voicescreen.audio import check_channel
+from voicescreen.audio import SAMPLE_RATE, check_channel
 from voicescreen.stream import (
     AudioFormat,
     DecodeError,
@@ -185,7 +185,7 @@ def parse_start(
             "bad_start",
             f"unknown field(s) {quote(unknown)} in start; known: {list(START_FIELDS)}",
         )
-    rate = message.get("sample_rate", 16000)
+    rate = message.get("sample_rate", SAMPLE_RATE)
     if isinstance(rate, float) and rate.is_integer():
         rate = int(rate)
     if not isinstance(rate, int) or isinstance(rate, bool) or rate not in config.sample_rates:
