@@ -35,6 +35,7 @@ def check_channel(channel: object) -> str | None:
     raise ValueError(f"channel must be one of {list(CHANNELS)}, got {str(channel)[:40]!r}")
 
 
+TELEPHONE_RATE = 8000  # Hz: the telephone band's rate (G.711 mu-law/A-law, GSM, AMR-NB, Twilio)
 NARROWBAND_MAX_RATE = 8000  # Hz: a source at this rate or below can hold nothing above 4 kHz
 BAND_EDGE_HZ = 4000.0  # narrowband audio has (almost) no energy above this
 # Energy above BAND_EDGE_HZ (up to 7.5 kHz) relative to the 300-3400 Hz speech band, in dB, below

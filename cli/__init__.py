@@ -57,7 +57,7 @@ def add_runtime_arguments(
     """``--backend``, ``--providers``, ``--threads`` and ``--fast-path`` (and, for commands that
     score streams, ``--reuse``/``--no-reuse``): how a command runs its models in this process.
     Left at ``auto``, ``plan_bundles`` chooses for this machine."""
-    from voicescreen.models.runtime import AUTO, FAST_PATH_CHOICES
+    from voicescreen.runtimes import AUTO, FAST_PATH_CHOICES
 
     parser.add_argument(
         "--backend",
@@ -129,7 +129,7 @@ def plan_bundles(
     """Each bundle with its runtime plan (``runtime.plan_runtime``) from the command's flags,
     each plan logged with why it was chosen, and said on stderr before a start-up compile that
     takes a while. Raises ``FastPathError`` for flags that cannot run a bundle."""
-    from voicescreen.models.runtime import plan_runtime
+    from voicescreen.runtimes import plan_runtime
 
     planned = []
     for bundle in bundles:

@@ -24,7 +24,7 @@ log = logging.getLogger("voicescreen")
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from voicescreen.stream.backends import BackendError
+    from voicescreen.runtimes import BackendError
     from voicescreen.stream.loading import load_bundles
 
     try:
@@ -33,7 +33,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     except ValueError as e:  # LoadError is a ValueError
         return fail(str(e))
     try:
-        from voicescreen.stream import rayserve
+        from voicescreen.runtimes import ray as rayserve
 
         rayserve.connect(options.address)
         if args.delete:
@@ -67,8 +67,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from voicescreen.runtimes.triton import TritonModelOptions, write_repository
     from voicescreen.stream.loading import load_bundles
-    from voicescreen.stream.triton import TritonModelOptions, write_repository
 
     try:
         bundles = load_bundles(args.bundle or ())
@@ -96,7 +96,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def add_parsers(subparsers: Any) -> None:
     """Register ``worker`` and ``export`` on the CLI's subparsers."""
-    from voicescreen.stream.triton import TritonModelOptions
+    from voicescreen.runtimes.triton import TritonModelOptions
 
     w = subparsers.add_parser(
         "worker",

@@ -105,7 +105,7 @@ def cmd_monitor(args: argparse.Namespace) -> int:
 
 def _load_workers(args: argparse.Namespace) -> dict[str, Scorer] | str:
     """A worker per ``--bundle``, or what is wrong with them."""
-    from voicescreen.models.runtime import describe_text
+    from voicescreen.runtimes import describe_text
     from voicescreen.stream.loading import load_bundles, load_scorers
 
     try:

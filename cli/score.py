@@ -165,9 +165,9 @@ def cmd_import_weights(args: argparse.Namespace) -> int:
 
 def cmd_optimize(args: argparse.Namespace) -> int:
     from voicescreen.models.bundle import BundleError, load_bundle
-    from voicescreen.models.optimize import CALIBRATION_CLIPS, quantize_bundle
     from voicescreen.models.store import bundle_home, resolve_bundle
     from voicescreen.train.data import ProtocolError
+    from voicescreen.train.quantize import CALIBRATION_CLIPS, quantize_bundle
 
     try:
         bundle = load_bundle(resolve_bundle(args.bundle))

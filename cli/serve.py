@@ -19,8 +19,7 @@ from voicescreen.cli import (
     plan_bundles,
     verdict_options,
 )
-from voicescreen.models.runtime import AUTO, NO_FAST_PATH
-from voicescreen.stream.backends import LOCAL_BACKENDS
+from voicescreen.runtimes import AUTO, LOCAL_BACKENDS, NO_FAST_PATH
 
 log = logging.getLogger("voicescreen")
 
@@ -40,7 +39,7 @@ def _csv(value: str | None) -> tuple[str, ...]:
 def add_remote_arguments(parser: argparse.ArgumentParser, ingest: bool = True) -> None:
     """The flags of the Ray Serve backend, and with ``ingest`` those of the ingest side of the
     remote backends (Triton's URL, timeouts, batches in flight)."""
-    from voicescreen.stream.backends import RayOptions
+    from voicescreen.runtimes import RayOptions
 
     d = RayOptions()
     g = parser.add_argument_group("Ray Serve backend (--backend ray)")
@@ -100,7 +99,7 @@ def add_remote_arguments(parser: argparse.ArgumentParser, ingest: bool = True) -
 
 
 def ray_options_from_args(args: argparse.Namespace) -> Any:
-    from voicescreen.stream.backends import RayOptions
+    from voicescreen.runtimes import RayOptions
 
     d = RayOptions()
     return RayOptions(
@@ -116,7 +115,7 @@ def ray_options_from_args(args: argparse.Namespace) -> Any:
 
 
 def triton_options_from_args(args: argparse.Namespace) -> Any:
-    from voicescreen.stream.backends import TritonOptions
+    from voicescreen.runtimes import TritonOptions
 
     inflight = {} if args.remote_inflight is None else {"inflight": args.remote_inflight}
     return TritonOptions(url=args.triton_url, timeout_s=args.remote_timeout, **inflight)
@@ -159,7 +158,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
         idle_timeout=args.idle_timeout,
         twilio_sinks=sinks,
         webhook_url=args.webhook,
-        webhook_events=_csv(args.webhook_events) or ("verdict", "summary", "error"),
+        webhook_events=_csv(args.webhook_events) or ServerConfig.webhook_events,
         ice_servers=_csv(args.ice_server),
         **guard_options(args),
         **limit_options(args),
@@ -350,8 +349,8 @@ def cmd_tap(args: argparse.Namespace) -> int:
 def add_parsers(subparsers: Any) -> None:
     """Register ``serve`` and ``tap`` on the CLI's subparsers."""
     from voicescreen.audio import CHANNELS
+    from voicescreen.runtimes import BACKENDS
     from voicescreen.stream import BatchOptions, VadOptions
-    from voicescreen.stream.backends import BACKENDS
     from voicescreen.web.config import ServerConfig
 
     d = ServerConfig.__dataclass_fields__

@@ -36,14 +36,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-SAMPLE_RATE = 16000
+from voicescreen.audio import SAMPLE_RATE, WINDOW_SAMPLES
 
 
 @dataclass
 class AASISTConfig:
     """The reference ``model_config``; defaults are AASIST's (see ``CONFIGS`` for AASIST-L)."""
 
-    nb_samp: int = 64600  # input window in samples (the model itself accepts any length)
+    nb_samp: int = WINDOW_SAMPLES  # input window in samples (the model itself accepts any length)
     first_conv: int = 128  # sinc filter length (made odd: 129 taps)
     # [n_sinc_filters, [in, out] channels of residual blocks 1, 2, 3 and 4 (= 5 and 6)]
     filts: list = field(default_factory=lambda: [70, [1, 32], [32, 32], [32, 64], [64, 64]])
@@ -75,24 +75,15 @@ class AASISTConfig:
         return asdict(self)
 
 
-# The two published configurations (the ``model_config`` of the reference config/*.conf).
+# The two published configurations (the ``model_config`` of the reference config/*.conf): AASIST
+# is the dataclass's defaults, AASIST-L narrows the residual blocks and the graph layers.
 CONFIGS: dict[str, dict] = {
-    "aasist": {
-        "nb_samp": 64600,
-        "first_conv": 128,
-        "filts": [70, [1, 32], [32, 32], [32, 64], [64, 64]],
-        "gat_dims": [64, 32],
-        "pool_ratios": [0.5, 0.7, 0.5, 0.5],
-        "temperatures": [2.0, 2.0, 100.0, 100.0],
-    },
-    "aasist-l": {
-        "nb_samp": 64600,
-        "first_conv": 128,
-        "filts": [70, [1, 32], [32, 32], [32, 24], [24, 24]],
-        "gat_dims": [24, 32],
-        "pool_ratios": [0.4, 0.5, 0.7, 0.5],
-        "temperatures": [2.0, 2.0, 100.0, 100.0],
-    },
+    "aasist": AASISTConfig().to_dict(),
+    "aasist-l": AASISTConfig(
+        filts=[70, [1, 32], [32, 32], [32, 24], [24, 24]],
+        gat_dims=[24, 32],
+        pool_ratios=[0.4, 0.5, 0.7, 0.5],
+    ).to_dict(),
 }
 
 

@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from voicescreen.models.runtime import RuntimePlan
+    from voicescreen.runtimes import Runtime, RuntimePlan
 
 log = logging.getLogger(__name__)
 
@@ -154,9 +154,9 @@ class ScoreSpec:
 @dataclass
 class Bundle:
     """A verified bundle, held in memory. ``fast_path`` (not part of the files) is the start-up
-    fast path its runtimes take (``exact``, ``bf16`` or None; see ``voicescreen.models.runtime``):
+    fast path its runtimes take (``exact``, ``bf16`` or None; see ``voicescreen.runtimes``):
     ``with_fast_path`` sets it, so that every runtime made from this bundle takes it.
-    ``plan`` (``with_plan``): the whole choice of ``runtime.plan_runtime`` (backend, fast path,
+    ``plan`` (``with_plan``): the whole choice of ``runtimes.plan_runtime`` (backend, fast path,
     reuse and why), which its runtimes then follow."""
 
     source: Path
@@ -227,34 +227,22 @@ class Bundle:
     def with_fast_path(self, fast_path: str | None, backend: str | None = None) -> Bundle:
         """This bundle, its runtimes taking ``fast_path`` (None: the plain model). Raises
         ``FastPathError`` (a ``ValueError``) when the path does not apply to it (on ``backend``)."""
-        from voicescreen.models.runtime import check_fast_path
+        from voicescreen.runtimes import check_fast_path
 
         if fast_path is not None:
             check_fast_path(self, fast_path, backend)
         return replace(self, fast_path=fast_path, plan=None)
 
     def with_plan(self, plan: RuntimePlan) -> Bundle:
-        """This bundle, its runtimes made as ``plan`` says (``runtime.plan_runtime``)."""
+        """This bundle, its runtimes made as ``plan`` says (``runtimes.plan_runtime``)."""
         return replace(self, fast_path=plan.fast_path, plan=plan)
 
-    def runtime(self, backend: str = "onnx", **options: Any):
-        """A runtime scoring (B, input_samples) windows: ``backend`` is ``onnx`` or ``torch``;
-        ``options`` (``providers``, ``threads``, ``device``, ``fast_path``, which defaults to the
-        bundle's, ``reuse``) as ``voicescreen.models.runtime.open_runtime`` takes them. A bundle
-        with a ``plan`` runs on the plan's backend, fast path and reuse (unless ``reuse`` is
-        given), and its runtime says why (``runtime.why``)."""
-        from voicescreen.models.runtime import open_runtime
+    def runtime(self, backend: str = "onnx", **options: Any) -> Runtime:
+        """``voicescreen.runtimes.open_runtime(self, backend, **options)``: a runtime scoring
+        (B, input_samples) windows, on this bundle's fast path or plan where it has one."""
+        from voicescreen.runtimes import open_runtime
 
-        if self.plan is not None:
-            backend = self.plan.backend
-            options.setdefault("reuse", self.plan.reuse)
-            options.pop("device" if backend == "onnx" else "providers", None)
-        options.setdefault("fast_path", self.fast_path)
-        runtime = open_runtime(self, backend, **options)
-        runtime.why = self.plan.why if self.plan is not None else None
-        if getattr(runtime, "score_parts", None) is not None:  # a fusion names its members
-            runtime.part_names = tuple(str(m["name"]) for m in self.config.get("members", ()))
-        return runtime
+        return open_runtime(self, backend, **options)
 
 
 # --- loading -----------------------------------------------------------------------------------
@@ -423,7 +411,7 @@ def trace_onnx(
     return buf.getvalue()
 
 
-def _default_check_input(input_samples: int) -> np.ndarray:
+def default_check_input(input_samples: int) -> np.ndarray:
     """A deterministic, speech-like (bounded, band-limited) test signal for export checks."""
     t = np.arange(input_samples) / SAMPLE_RATE
     f0 = 140 + 30 * np.sin(2 * np.pi * 0.7 * t)
@@ -473,7 +461,7 @@ def export_bundle(
     weights = save({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()})
     onnx_bytes = export_onnx(model, spec.convention, input_samples)
 
-    x = _default_check_input(input_samples) if check_input is None else check_input
+    x = default_check_input(input_samples) if check_input is None else check_input
     x = np.ascontiguousarray(x, dtype=np.float32)
     with torch.inference_mode():
         want = score_from_logits(model(torch.from_numpy(x)), spec.convention).numpy()

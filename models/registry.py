@@ -54,6 +54,12 @@ class Architecture:
     frozen_prefix: bool = False
     # Trained by ``voicescreen train``; a fusion is made from trained bundles instead
     trainable: bool = True
+    # What the runtimes (voicescreen.runtimes) are written to do with it: the start-up fast paths
+    # (``exact``: the ONNX graph rewrite, ``bf16``: the bfloat16 encoder), an int8 bundle
+    # (``voicescreen optimize --int8``), encoder reuse across a stream's overlapping windows
+    fast_paths: tuple[str, ...] = ()
+    quantizable: bool = False
+    reuse: bool = False
 
     def _module(self) -> Any:
         return importlib.import_module(self.module)
@@ -88,6 +94,9 @@ ARCHITECTURES: dict[str, Architecture] = {
             "AASIST (Jung et al. 2022): sinc front-end, residual encoder, spectro-temporal graph "
             "attention",
             frozen_prefix=True,
+            fast_paths=("exact", "bf16"),
+            quantizable=True,
+            reuse=True,
         ),
         Architecture(
             "aasist-l",
@@ -97,6 +106,9 @@ ARCHITECTURES: dict[str, Architecture] = {
             "bonafide_logit",
             "AASIST-L: the light AASIST configuration (85k parameters)",
             frozen_prefix=True,
+            fast_paths=("exact", "bf16"),
+            quantizable=True,
+            reuse=True,
         ),
         Architecture(
             "rawnet2-tak",

@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """AASIST speed on this CPU: eager PyTorch, plain ONNX Runtime, and the fast paths of
-``voicescreen.models.optimize``, all on the same real dev-split windows.
+``voicescreen.runtimes`` (exact, bf16, int8), all on the same real dev-split windows.
 
     python scripts/bench_aasist.py [--models aasist,aasist-l] [--repeats 5] [--batch 16]
                                    [--threads N] [--no-write]
@@ -36,17 +36,18 @@ import numpy as np
 import torch
 from benchlib import command_line, machine, spread, timed, versions, write_section
 
-from voicescreen.audio import load_audio, pad_repeat
+from voicescreen.audio import WINDOW_SAMPLES, load_audio, pad_repeat
 from voicescreen.models.aasist import AASIST, CONFIGS
 from voicescreen.models.bundle import export_onnx
-from voicescreen.models.optimize import compile_bf16, optimize_onnx, quantize_onnx
-from voicescreen.models.runtime import OnnxRuntime
+from voicescreen.runtimes.bf16 import compile_bf16
+from voicescreen.runtimes.exact import optimize_onnx
+from voicescreen.runtimes.int8 import quantize_onnx
+from voicescreen.runtimes.local import OnnxRuntime
 from voicescreen.train.data import balanced_subset, load_split
 from voicescreen.train.metrics import eer
 
 SHARED = Path(os.environ.get("VOICESCREEN_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 WEIGHTS = {"aasist": "AASIST.pth", "aasist-l": "AASIST-L.pth"}
-SAMPLES = 64600
 CALIBRATION_CLIPS = 32  # int8: train-split clips (half bona fide), first window of each
 PATHS = {  # key -> (label, lossy)
     "eager": ("PyTorch eager, fp32", False),
@@ -61,14 +62,14 @@ log = logging.getLogger("bench_aasist")
 def dev_windows() -> tuple[np.ndarray, np.ndarray]:
     """First window (repeat-padded) of every dev clip, and labels (1 = bona fide)."""
     utts = load_split(SHARED / "data", "dev")
-    x = np.stack([pad_repeat(load_audio(u.path), SAMPLES) for u in utts])
+    x = np.stack([pad_repeat(load_audio(u.path), WINDOW_SAMPLES) for u in utts])
     return x, np.array([u.target for u in utts])
 
 
 def calibration_windows() -> np.ndarray:
     """int8 calibration: the first window of a seeded, balanced set of TRAIN clips."""
     utts = balanced_subset(load_split(SHARED / "data", "train"), CALIBRATION_CLIPS, seed=0)
-    return np.stack([pad_repeat(load_audio(u.path), SAMPLES) for u in utts])
+    return np.stack([pad_repeat(load_audio(u.path), WINDOW_SAMPLES) for u in utts])
 
 
 def official(name: str) -> AASIST:
@@ -155,13 +156,13 @@ def worker(name: str, key: str, args: argparse.Namespace, out: Path) -> None:
                 return model(torch.from_numpy(w)).numpy()
 
     elif key in ("ort", "exact", "int8"):
-        graph = export_onnx(model, "bonafide_logit", SAMPLES)
+        graph = export_onnx(model, "bonafide_logit", WINDOW_SAMPLES)
         t0 = time.perf_counter()  # setup: what the fast path adds to the plain export
         if key == "exact":
             graph = optimize_onnx(graph, check_input=xb[:2], threads=args.threads)
         elif key == "int8":
             graph = quantize_onnx(graph, calibration_windows())
-        runtime = OnnxRuntime(graph, SAMPLES, name=name, threads=args.threads)
+        runtime = OnnxRuntime(graph, WINDOW_SAMPLES, name=name, threads=args.threads)
 
         def run(w: np.ndarray) -> np.ndarray:
             return runtime(w)[0]

@@ -44,9 +44,9 @@ from benchlib import command_line, machine, versions, write_section
 
 from voicescreen.audio import SAMPLE_RATE
 from voicescreen.models.bundle import load_bundle
-from voicescreen.models.incremental import aligned_hop
-from voicescreen.models.runtime import describe_text, plan_runtime
 from voicescreen.models.store import resolve_bundle
+from voicescreen.runtimes import describe_text, plan_runtime
+from voicescreen.runtimes.reuse import aligned_hop
 from voicescreen.stream import (
     AudioFormat,
     BatchOptions,
@@ -247,8 +247,8 @@ def _cpu(trial: Trial, backend: str) -> str:
 def ray_runtime(bundle, replicas: int, args: argparse.Namespace):
     """``bundle`` deployed as ``replicas`` Ray Serve replicas on the local Ray instance (started
     on first use), its runtime and the replicas' process ids."""
-    from voicescreen.stream import rayserve
-    from voicescreen.stream.backends import RayOptions
+    from voicescreen.runtimes import RayOptions
+    from voicescreen.runtimes import ray as rayserve
 
     options = RayOptions(
         address="local",
@@ -267,7 +267,7 @@ def ray_runtime(bundle, replicas: int, args: argparse.Namespace):
 
 
 # Backends in this process: (backend, Bundle.runtime options); "default" is what `serve` with no
-# runtime flags chooses on this machine (models.runtime.plan_runtime)
+# runtime flags chooses on this machine (runtimes.plan_runtime)
 LOCAL_VARIANTS = {
     "default": ("auto", {}),
     "onnx": ("onnx", {}),

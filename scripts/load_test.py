@@ -41,7 +41,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from voicescreen.audio import SAMPLE_RATE
+from voicescreen.audio import SAMPLE_RATE, TELEPHONE_RATE, WINDOW_SAMPLES
 from voicescreen.stream.codecs import encode_mulaw
 from voicescreen.stream.resample import resample
 from voicescreen.stream.worker import percentile
@@ -60,7 +60,7 @@ MAX_STREAMS = 512
 MAX_MINUTES = 30.0
 FRAME_MS = 20
 METRICS_EVERY = 5.0  # seconds between /metrics samples
-WINDOW_SECONDS = 64600 / SAMPLE_RATE
+WINDOW_SECONDS = WINDOW_SAMPLES / SAMPLE_RATE
 
 
 def int16(x: np.ndarray) -> np.ndarray:
@@ -76,7 +76,7 @@ def pcm_outgoing(x: np.ndarray, stream_id: str) -> list[tuple[bytes | dict, floa
 
 
 def twilio_outgoing(x: np.ndarray) -> list[tuple[bytes | dict, float]]:
-    codes = encode_mulaw(int16(resample(x, SAMPLE_RATE, 8000)))
+    codes = encode_mulaw(int16(resample(x, SAMPLE_RATE, TELEPHONE_RATE)))
     sid, call, account = new_sid("MZ"), new_sid("CA"), new_sid("AC")
     out: list[tuple[bytes | dict, float]] = [
         (connected_message(), 0.0),

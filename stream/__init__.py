@@ -6,8 +6,8 @@ One module per step, data flowing one way::
 
 ``session.Session`` strings the steps together for one stream, transport-free: bytes or arrays in,
 events out. ``worker.InferenceWorker`` is shared by all streams of one model; the one call it makes
-to score a batch is the model in this process or replicas elsewhere (``backends``: Ray Serve in
-``rayserve``, Triton in ``triton``).
+to score a batch, a runtime, is the model in this process or replicas elsewhere (Ray Serve,
+Triton): ``voicescreen.runtimes``.
 """
 
 from voicescreen.stream.codecs import AudioFormat, DecodeError, decode

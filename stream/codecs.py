@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from voicescreen.audio import NARROWBAND, AudioError, channel_of_rate
+from voicescreen.audio import NARROWBAND, SAMPLE_RATE, AudioError, channel_of_rate
 
 ENCODINGS = {"pcm16": 2, "float32": 4, "mulaw": 1, "alaw": 1}  # encoding -> bytes per sample
 TELEPHONE_ENCODINGS = ("mulaw", "alaw")  # G.711: narrowband whatever rate is declared
@@ -35,7 +35,7 @@ class AudioFormat:
     """What a transport says its bytes are: encoding, sample rate (Hz) and interleaved channels."""
 
     encoding: str = "pcm16"
-    sample_rate: int = 16000
+    sample_rate: int = SAMPLE_RATE
     channels: int = 1
 
     def __post_init__(self) -> None:

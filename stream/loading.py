@@ -18,12 +18,11 @@ from typing import TYPE_CHECKING, Any
 
 from voicescreen.models import store
 from voicescreen.models.bundle import Bundle, load_bundle
-from voicescreen.models.runtime import FastPathError
-from voicescreen.stream.backends import BackendError, close_runtimes, open_runtimes
+from voicescreen.runtimes import BackendError, FastPathError, close_runtimes, open_runtimes
 from voicescreen.stream.worker import BatchOptions, Cascade, InferenceWorker
 
 if TYPE_CHECKING:
-    from voicescreen.stream.backends import RayOptions, TritonOptions
+    from voicescreen.runtimes import RayOptions, TritonOptions
 
 # A bundle as named: a path, an installed bundle's name, a loaded Bundle; None: the shipped default.
 Spec = str | os.PathLike | Bundle | None

@@ -18,7 +18,7 @@ from voicescreen.models.bundle import (
     load_bundle,
 )
 from voicescreen.models.registry import ARCHITECTURES, get_architecture
-from voicescreen.models.runtime import resolve_providers
+from voicescreen.runtimes.local import resolve_providers
 
 
 @pytest.fixture(scope="module")

@@ -22,9 +22,8 @@ from test_web_support import dev_clip, run, web_bundle
 from voicescreen.audio import load_audio, pad_repeat
 from voicescreen.models.bundle import Bundle, BundleError, load_bundle
 from voicescreen.models.cpu import cpu_info
-from voicescreen.models.runtime import FastPathError, describe
+from voicescreen.runtimes import BackendError, FastPathError, describe, open_runtimes
 from voicescreen.scoring import Scorer
-from voicescreen.stream.backends import BackendError, open_runtimes
 from voicescreen.train.data import balanced_subset, load_split
 from voicescreen.web.client import converse, pcm_messages
 

@@ -1,4 +1,4 @@
-"""Fast AASIST paths (models/optimize.py) against the plain model, on real speech windows."""
+"""Fast AASIST paths (runtimes: exact, bf16, int8) against the plain model, on real speech."""
 
 from __future__ import annotations
 
@@ -11,20 +11,13 @@ import pytest
 import torch
 
 from voicescreen.audio import load_audio, pad_repeat
-from voicescreen.models import optimize
 from voicescreen.models.aasist import AASIST, CONFIGS
 from voicescreen.models.bundle import _check_onnx, export_onnx
-from voicescreen.models.optimize import (
-    BF16AASIST,
-    FFTSincFrontEnd,
-    compile_bf16,
-    keep_unary_ops_blocked,
-    optimize_onnx,
-    ort_optimized,
-    quantize_onnx,
-    selu_exp,
-)
-from voicescreen.models.runtime import OnnxRuntime, TorchRuntime
+from voicescreen.runtimes import exact
+from voicescreen.runtimes.bf16 import BF16AASIST, FFTSincFrontEnd, compile_bf16, selu_exp
+from voicescreen.runtimes.exact import keep_unary_ops_blocked, optimize_onnx, ort_optimized
+from voicescreen.runtimes.int8 import quantize_onnx
+from voicescreen.runtimes.local import OnnxRuntime, TorchRuntime
 from voicescreen.train.data import load_split
 
 NAMES = {"aasist": "AASIST", "aasist-l": "AASIST-L"}
@@ -126,7 +119,7 @@ def test_optimize_onnx_refuses_a_graph_that_disagrees(plain_onnx, speech, monkey
                 del node.attribute[:]
         return count
 
-    monkeypatch.setattr(optimize, "keep_unary_ops_blocked", break_selu)
+    monkeypatch.setattr(exact, "keep_unary_ops_blocked", break_selu)
     with pytest.raises(RuntimeError, match="differs"):
         optimize_onnx(plain_onnx("aasist-l"), check_input=speech[:1])
 

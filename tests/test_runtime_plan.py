@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from test_web_support import web_bundle
 
-from voicescreen.models import runtime as rt
 from voicescreen.models.cpu import parse_cpuinfo
-from voicescreen.models.runtime import FastPathError, RuntimePlan, describe, plan_runtime
+from voicescreen.runtimes import FastPathError, RuntimePlan, describe, local, plan_runtime
+from voicescreen.runtimes import plan as planning
 
 ZEN4 = parse_cpuinfo("flags : avx2 fma avx512f avx512_vnni avx512_bf16\n", "AVX512")
 AVX2 = parse_cpuinfo("flags : avx2 fma\n", "AVX2")
@@ -28,8 +28,8 @@ class Fake:  # what plan_runtime reads of a bundle
 @pytest.fixture(autouse=True)
 def cpu_machine(monkeypatch):
     """No GPU and a C++ compiler, whatever this machine has (tests that want otherwise say so)."""
-    monkeypatch.setattr(rt, "_has_nvidia_gpu", lambda: False)
-    monkeypatch.setattr(rt, "_compiler_problem", lambda: None)
+    monkeypatch.setattr(local, "has_nvidia_gpu", lambda: False)
+    monkeypatch.setattr(planning, "compiler_problem", lambda: None)
 
 
 def plan(cpu=AVX2, bundle=None, **flags) -> RuntimePlan:
@@ -55,7 +55,7 @@ def test_streams_on_zen4_get_bf16_with_reuse_unless_told_otherwise(monkeypatch):
     files = plan(ZEN4, streams=False)
     assert (files.fast_path, files.reuse) == ("exact", False) and "whole files" in files.why
     # no compiler for inductor: exact, saying why
-    monkeypatch.setattr(rt, "_compiler_problem", lambda: "no g++")
+    monkeypatch.setattr(planning, "compiler_problem", lambda: "no g++")
     assert "no C++ compiler" in plan(ZEN4).why and plan(ZEN4).fast_path == "exact"
 
 
@@ -78,11 +78,11 @@ def test_other_models_int8_bundles_and_gpus_run_their_own_graph(monkeypatch):
         p = plan(ZEN4, bundle)
         assert (p.backend, p.fast_path, p.reuse) == ("onnx", None, False), bundle
     assert "int8 bundle" in plan(ZEN4, Fake(quantized={"x": 1})).why
-    monkeypatch.setattr(rt, "_has_nvidia_gpu", lambda: True)
+    monkeypatch.setattr(local, "has_nvidia_gpu", lambda: True)
     gpu = plan(ZEN4)
     assert (gpu.backend, gpu.fast_path, gpu.reuse) == ("onnx", None, False) and "GPU" in gpu.why
     assert plan(ZEN4, providers="cpu").fast_path == "bf16"  # the CPU asked for: the CPU's choice
-    monkeypatch.setattr(rt, "_has_nvidia_gpu", lambda: False)
+    monkeypatch.setattr(local, "has_nvidia_gpu", lambda: False)
     named = plan(AVX2, providers="cuda,cpu")  # asked for, none here: the graph ORT falls back with
     assert (named.fast_path, named.reuse) == (None, False) and "GPU provider" in named.why
 

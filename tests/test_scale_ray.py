@@ -27,8 +27,9 @@ from test_web_support import dev_clip, parse_metrics, run, start_server
 from voicescreen.audio import SAMPLE_RATE, load_audio
 from voicescreen.models import store
 from voicescreen.models.bundle import load_bundle
-from voicescreen.stream import AudioFormat, BatchOptions, InferenceWorker, Session, rayserve
-from voicescreen.stream.backends import BackendError, RayOptions, open_runtimes
+from voicescreen.runtimes import BackendError, RayOptions, open_runtimes
+from voicescreen.runtimes import ray as rayserve
+from voicescreen.stream import AudioFormat, BatchOptions, InferenceWorker, Session
 from voicescreen.web.client import converse, pcm_messages
 from voicescreen.web.config import ServerConfig
 

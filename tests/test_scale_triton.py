@@ -24,9 +24,9 @@ from tritonclient.grpc import model_config_pb2
 from voicescreen.audio import SAMPLE_RATE, load_audio
 from voicescreen.cli import main
 from voicescreen.models.bundle import ONNX_FILE, sha256
+from voicescreen.runtimes import BackendError, TritonOptions
+from voicescreen.runtimes.triton import SHA_PARAMETER, TritonRuntime, model_config
 from voicescreen.stream import AudioFormat, BatchOptions, InferenceWorker, Session
-from voicescreen.stream.backends import BackendError, TritonOptions
-from voicescreen.stream.triton import SHA_PARAMETER, TritonRuntime, model_config
 from voicescreen.stream.worker import Overloaded
 from voicescreen.web.config import ServerConfig
 

@@ -12,8 +12,8 @@ import pytest
 from test_stream_worker import MeanRuntime, N, run, window, worker
 
 from voicescreen.audio import SAMPLE_RATE
+from voicescreen.runtimes import BackendError, RayOptions, TritonOptions, open_runtimes
 from voicescreen.stream import AudioFormat, Session, VadOptions, WindowOptions
-from voicescreen.stream.backends import BackendError, RayOptions, TritonOptions, open_runtimes
 from voicescreen.stream.worker import Overloaded
 from voicescreen.web.config import ServerConfig
 
@@ -132,7 +132,7 @@ def test_a_batch_the_remote_side_loses_is_a_model_error_per_window():
 
 
 def test_a_ray_cluster_that_is_not_there_is_refused_at_once():
-    from voicescreen.stream.rayserve import require_reachable
+    from voicescreen.runtimes.ray import require_reachable
 
     t0 = time.monotonic()
     for address in ("127.0.0.1:9", "ray://127.0.0.1:9"):

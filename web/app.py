@@ -50,7 +50,7 @@ from voicescreen.audio import (
     check_header,
     read_audio,
 )
-from voicescreen.models.runtime import describe
+from voicescreen.runtimes.plan import describe
 from voicescreen.stream import Cascade
 from voicescreen.web.auth import origin_ok, presented_token, token_ok
 from voicescreen.web.config import ServerConfig

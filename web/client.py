@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from voicescreen.audio import load_audio
+from voicescreen.audio import SAMPLE_RATE, TELEPHONE_RATE, load_audio
 from voicescreen.stream.codecs import encode_alaw, encode_mulaw
 from voicescreen.web.config import SAMPLE_RATES
 from voicescreen.web.twilio import (
@@ -102,7 +102,7 @@ def pcm_messages(
     import soundfile as sf
 
     if encoding in ("mulaw", "alaw"):
-        rate, channels = 8000, 1
+        rate, channels = TELEPHONE_RATE, 1
         pcm = _int16(load_audio(path, rate))
         data = encode_mulaw(pcm) if encoding == "mulaw" else encode_alaw(pcm)
     elif encoding in ("pcm16", "float32"):
@@ -111,7 +111,7 @@ def pcm_messages(
         if rate in SAMPLE_RATES:
             x, _ = sf.read(str(path), dtype="float32", always_2d=True)
         else:
-            rate, channels = 16000, 1
+            rate, channels = SAMPLE_RATE, 1
             x = load_audio(path)[:, None]
         data = (_int16(x) if encoding == "pcm16" else x.astype("<f4")).tobytes()
     else:
@@ -142,7 +142,7 @@ def pcm_messages(
 
 def mulaw_frames(path: str | Path) -> list[bytes]:
     """A file as Twilio would carry it: 8 kHz mu-law in 20 ms (160-byte) frames."""
-    data = encode_mulaw(_int16(load_audio(path, 8000)))
+    data = encode_mulaw(_int16(load_audio(path, TELEPHONE_RATE)))
     return [data[i : i + FRAME_BYTES] for i in range(0, len(data), FRAME_BYTES)]
 
 
@@ -178,7 +178,7 @@ def twilio_messages(
             sequence += 1
             msg = media_message(sequence, stream_sid, track, i + 1, 20 * i, frames[i])
             # the frame's 20 ms of time passes once per round of tracks
-            out.append((msg, len(frames[i]) / 8000 if n == 0 else 0.0))
+            out.append((msg, len(frames[i]) / TELEPHONE_RATE if n == 0 else 0.0))
     if stop:
         sequence += 1
         out.append((stop_message(sequence, stream_sid, call_sid, account_sid), 0.0))

@@ -10,17 +10,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
+from voicescreen.audio import SAMPLE_RATE, TELEPHONE_RATE
+from voicescreen.runtimes.remote import BACKENDS, RayOptions, TritonOptions
 from voicescreen.stream import BatchOptions, SmoothingOptions, VadOptions, WindowOptions
-from voicescreen.stream.backends import BACKENDS, RayOptions, TritonOptions
+from voicescreen.stream.events import EVENT_TYPES as EVENT_CLASSES
 
 if TYPE_CHECKING:
     from voicescreen.models.bundle import Bundle
 
 # Rates a stream may declare. Each needs its own resampling filter, so the set is closed: an
 # arbitrary rate (say 95999 Hz) would cost a large filter design per stream.
-SAMPLE_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
+SAMPLE_RATES = (TELEPHONE_RATE, 11025, 12000, SAMPLE_RATE, 22050, 24000, 32000, 44100, 48000)
 TWILIO_SINKS = ("socket", "webhook", "log")
-EVENT_TYPES = ("score", "no_speech", "overloaded", "verdict", "error", "summary")
+EVENT_TYPES = tuple(EVENT_CLASSES)  # the events a stream emits, as stream.events registers them
 RATE_LIMITS = ("throttle", "close")  # what a stream sending faster than allowed gets
 MAX_UPLOAD_SAMPLES = 1800 * 48000 * 2  # decoded samples of an upload: 30 min of 48 kHz stereo
 
@@ -33,7 +35,7 @@ class ServerConfig:
     batched across streams by ``batch`` and scored by ``backend``: ``onnx`` or ``torch`` in this
     process (on ``providers`` with ``threads`` intra-op threads), ``ray`` on a Ray Serve
     deployment (``ray``), ``triton`` on a Triton server (``triton``); see
-    ``voicescreen.stream.backends``. Streams: ``window``, ``vad`` and ``smoothing`` as the stream
+    ``voicescreen.runtimes.remote``. Streams: ``window``, ``vad`` and ``smoothing`` as the stream
     core defines them.
 
     Safety: ``token`` (a bearer token every API call and stream must present, None: open);

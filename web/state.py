@@ -8,10 +8,9 @@ import logging
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from voicescreen.models.incremental import aligned_hop
-from voicescreen.models.runtime import describe_text
+from voicescreen.runtimes import LOCAL_BACKENDS, close_runtimes, describe_text
+from voicescreen.runtimes.reuse import aligned_hop
 from voicescreen.stream import Cascade, InferenceWorker
-from voicescreen.stream.backends import LOCAL_BACKENDS, close_runtimes
 from voicescreen.stream.loading import LoadError, load_bundles, load_scorers
 from voicescreen.web.config import ServerConfig
 from voicescreen.web.metrics import ServerMetrics

@@ -30,8 +30,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from voicescreen.models.bundle import ONNX_FILE, ONNX_INPUT, sha256
-from voicescreen.models.runtime import check_batch
-from voicescreen.stream.backends import BackendError, TritonOptions
+from voicescreen.runtimes.local import check_batch
+from voicescreen.runtimes.remote import BackendError, TritonOptions
 from voicescreen.stream.worker import Overloaded
 
 if TYPE_CHECKING:

@@ -1,17 +1,17 @@
-"""Who scores the windows: the bundle's model in this process, or replicas elsewhere.
+"""Remote runtimes: the bundle's model on replicas elsewhere, and the options that reach them.
 
 The batched worker (``voicescreen.stream.worker``) owns queues, batching across streams, shedding
 and metrics; the only thing that changes between backends is the call that turns a batch of
-windows into scores, a *runtime*::
+windows into scores, a *runtime* (``voicescreen.runtimes.Runtime``)::
 
     runtime(windows: (B, input_samples) float32) -> (logits (B, 2) or None, score (B,))
 
-- ``onnx``, ``torch``: the bundle's model in this process (``Bundle.runtime``), one batch at a
+- ``onnx``, ``torch``: the bundle's model in this process (``runtimes.local``), one batch at a
   time.
-- ``ray``: a Ray Serve deployment of the bundle's ONNX model (``voicescreen.stream.rayserve``),
+- ``ray``: a Ray Serve deployment of the bundle's ONNX model (``voicescreen.runtimes.ray``),
   one replica per CPU slot or GPU, batching again on the replica side with ``@serve.batch``.
 - ``triton``: a Triton Inference Server model made by ``voicescreen export --triton``
-  (``voicescreen.stream.triton``), over gRPC.
+  (``voicescreen.runtimes.triton``), over gRPC.
 
 A remote runtime blocks its (worker) thread for one batch, with a timeout: it returns the scores,
 raises ``Overloaded`` when the remote side refuses the batch for want of capacity (the windows are
@@ -21,14 +21,10 @@ a ``model_error`` event). Its ``concurrency`` is how many batches the worker kee
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Protocol
 
 import numpy as np
-
-if TYPE_CHECKING:
-    from voicescreen.models.bundle import Bundle
 
 LOCAL_BACKENDS = ("onnx", "torch")
 REMOTE_BACKENDS = ("ray", "triton")
@@ -108,45 +104,3 @@ class TritonOptions:
             raise ValueError("timeout_s must be positive")
         if self.inflight < 1:
             raise ValueError(f"inflight must be at least 1, got {self.inflight}")
-
-
-def open_runtimes(
-    bundles: Mapping[str, Bundle],
-    backend: str,
-    *,
-    ray: RayOptions | None = None,
-    triton: TritonOptions | None = None,
-    **local_options: Any,
-) -> dict[str, Any]:
-    """One runtime per bundle, by name. ``local_options`` (``providers``, ``threads``) go to the
-    in-process runtimes. Raises ``BackendError`` when a remote backend cannot serve a bundle, or
-    is asked to run a bundle on a start-up fast path (those are built in this process)."""
-    if backend in LOCAL_BACKENDS:
-        return {name: b.runtime(backend, **local_options) for name, b in bundles.items()}
-    fast = [name for name, b in bundles.items() if b.fast_path]
-    if fast:
-        raise BackendError(
-            f"--fast-path builds the model in this process, and the {backend} backend runs it "
-            f"elsewhere ({', '.join(fast)}): leave out --fast-path (an int8 bundle from "
-            "`voicescreen optimize --int8` runs on any backend)"
-        )
-    if backend == "ray":
-        from voicescreen.stream.rayserve import open_ray
-
-        return open_ray(bundles, ray or RayOptions())
-    if backend == "triton":
-        from voicescreen.stream.triton import TritonRuntime
-
-        options = triton or TritonOptions()
-        if not options.url:
-            raise BackendError("the triton backend needs the server's gRPC URL (--triton-url)")
-        return {name: TritonRuntime(b, options) for name, b in bundles.items()}
-    raise ValueError(f"unknown backend {backend!r}; use one of {list(BACKENDS)}")
-
-
-def close_runtimes(runtimes: Mapping[str, Any]) -> None:
-    """Let go of remote connections (in-process runtimes have nothing to close)."""
-    for runtime in runtimes.values():
-        close = getattr(runtime, "close", None)
-        if close is not None:
-            close()

@@ -1,4 +1,5 @@
-"""Encoder reuse across the overlapping windows of one stream (AASIST and AASIST-L).
+"""Encoder reuse across the overlapping windows of one stream (the architectures whose registry
+entry has ``reuse``: AASIST and AASIST-L).
 
 At a hop of about 1 s, three quarters of every 4 s window were already in the window before it.
 AASIST's front end and encoder (sinc filterbank, 3x3 max-pool, six residual blocks that each pool
@@ -44,6 +45,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from voicescreen.audio import SAMPLE_RATE
+from voicescreen.models.registry import ARCHITECTURES
+from voicescreen.runtimes.local import check_batch, ort_session
+from voicescreen.runtimes.plan import FastPathError, capabilities, check_fast_path
 
 if TYPE_CHECKING:
     from torch import nn
@@ -52,7 +56,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-REUSE_ARCHITECTURES = ("aasist", "aasist-l")
 TAIL_GRID = 4  # tail chunks start on multiples of this many frames
 MAX_ENCODERS = 12  # encoder sessions specialised to one input length, kept at once
 
@@ -173,12 +176,11 @@ class IncrementalRuntime:
         threads: int | None = None,
         fast_path: str | None = None,
     ) -> None:
-        from voicescreen.models.runtime import FastPathError, check_fast_path, ort_session
-
-        if bundle.architecture not in REUSE_ARCHITECTURES:
+        if not capabilities(bundle).reuse:
+            written_for = " and ".join(a.name for a in ARCHITECTURES.values() if a.reuse)
             raise FastPathError(
-                f"{bundle.name}: encoder reuse is written for {' and '.join(REUSE_ARCHITECTURES)}"
-                f", not {bundle.architecture}"
+                f"{bundle.name}: encoder reuse is written for {written_for}, "
+                f"not {bundle.architecture}"
             )
         if bundle.quantized:
             raise FastPathError(f"{bundle.name}: encoder reuse needs an fp32 bundle, not int8")
@@ -194,11 +196,11 @@ class IncrementalRuntime:
         self.stride = self.geometry.stride
         encoder, head = split_onnx(model, bundle.score.convention, self.geometry)
         if fast_path == "exact":
-            from voicescreen.models.bundle import _default_check_input
-            from voicescreen.models.optimize import optimize_onnx
+            from voicescreen.models.bundle import default_check_input
+            from voicescreen.runtimes.exact import optimize_onnx
 
             encoder = optimize_onnx(
-                encoder, check_input=_default_check_input(self.input_samples), threads=threads
+                encoder, check_input=default_check_input(self.input_samples), threads=threads
             )
         if fast_path:
             providers = ["cpu"]
@@ -237,8 +239,6 @@ class IncrementalRuntime:
         """The encoder specialised to ``samples``-sample inputs (an ONNX graph ~15 % faster than
         one with a dynamic length; the bf16 encoder compiled for it), made on first use; the few
         lengths used are kept."""
-        from voicescreen.models.runtime import ort_session
-
         encoder = self._encoders.pop(samples, None)
         if encoder is None and self._bf16 is not None:
             encoder = self._bf16.compile([samples])[samples]
@@ -266,8 +266,6 @@ class IncrementalRuntime:
 
     def __call__(self, windows: np.ndarray | list[Job]) -> tuple[np.ndarray, np.ndarray]:
         if isinstance(windows, np.ndarray):
-            from voicescreen.models.runtime import check_batch
-
             windows = [Job(w) for w in check_batch(windows, self.input_samples)]
         return self.head(self.features(windows))
 
@@ -345,23 +343,15 @@ class _OrtEncoder:
 
 
 class _BF16Encoders:
-    """The bf16 encoder (``models.optimize.BF16Encoder``) compiled for given input lengths, one
+    """The bf16 encoder (``runtimes.bf16.BF16Encoder``) compiled for given input lengths, one
     set of bf16 weights shared by all."""
 
     def __init__(self, bundle: Bundle, model: nn.Module, threads: int | None) -> None:
         import torch
 
-        from voicescreen.models.optimize import BF16AASIST
-        from voicescreen.models.runtime import (
-            _bf16_failed,
-            _compiler_problem,
-            warn_unless_native_bf16,
-        )
+        from voicescreen.runtimes.bf16 import BF16AASIST, check_compiler
 
-        problem = _compiler_problem()
-        if problem:
-            raise _bf16_failed(bundle, problem)
-        warn_unless_native_bf16(bundle)
+        check_compiler(bundle)
         if threads:
             torch.set_num_threads(threads)
         self.bundle, self.model = bundle, model.eval()
@@ -371,8 +361,7 @@ class _BF16Encoders:
         """An encoder per length, each compiled now (one input through it)."""
         import torch
 
-        from voicescreen.models.optimize import compile_bf16_encoder
-        from voicescreen.models.runtime import _bf16_compile_failed
+        from voicescreen.runtimes.bf16 import bf16_compile_failed, compile_bf16_encoder
 
         start, out = time.perf_counter(), {}
         for i, samples in enumerate(lengths, 1):
@@ -396,7 +385,7 @@ class _BF16Encoders:
                     )
                     run(np.zeros((1, samples), np.float32))
             except Exception as e:
-                raise _bf16_compile_failed(self.bundle, e) from e
+                raise bf16_compile_failed(self.bundle, e) from e
             out[samples] = run
         log.info(
             "%s: bf16 encoder compiled for %d input lengths in %.0f s",

@@ -12,8 +12,8 @@ its scores with a timeout, retries once on another replica when the one it reach
 replaces dead replicas by itself), maps Serve's back-pressure to ``Overloaded`` and everything else
 to ``BackendError``; it never waits without a deadline.
 
-Importing this module imports Ray; ``voicescreen.stream.backends`` imports it only when asked for
-the ``ray`` backend. Every Ray node needs voicescreen installed (replicas import it).
+Importing this module imports Ray; ``voicescreen.runtimes.open_runtime`` imports it only when asked
+for the ``ray`` backend. Every Ray node needs voicescreen installed (replicas import it).
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ from ray.serve.exceptions import (
 )
 
 from voicescreen.models.bundle import ONNX_FILE, sha256
-from voicescreen.models.runtime import check_batch
-from voicescreen.stream.backends import BackendError, RayOptions
+from voicescreen.runtimes.local import check_batch
+from voicescreen.runtimes.remote import BackendError, RayOptions
 from voicescreen.stream.worker import Overloaded
 
 if TYPE_CHECKING:
@@ -85,7 +85,7 @@ class WindowScorer:
         max_batch: int = 64,
         batch_wait_s: float = 0.002,
     ) -> None:
-        from voicescreen.models.runtime import OnnxRuntime
+        from voicescreen.runtimes.local import OnnxRuntime
 
         self.runtime = OnnxRuntime(
             model, input_samples, name=name, providers=providers, threads=threads
