@@ -25,7 +25,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from voicescreen.audio import SAMPLE_RATE, AudioError, check_channel
-from voicescreen.models.incremental import aligned_hop
+from voicescreen.runtimes.reuse import aligned_hop
 from voicescreen.stream.codecs import AudioFormat, check_samples, decode
 from voicescreen.stream.events import (
     ErrorEvent,
@@ -87,12 +87,15 @@ class _Track:
         window: WindowOptions,
         smoothing: SmoothingOptions,
         channel: str,
+        client: object = None,
     ) -> None:
         self.name = name
         self.scorer = scorer
         self.channel = channel
         open_stream = getattr(scorer, "open_stream", None)
-        self.stream: StreamScorer | None = open_stream(channel) if open_stream else None
+        self.stream: StreamScorer | None = None
+        if open_stream is not None:  # a client shares its turn at the worker between its streams
+            self.stream = open_stream(channel) if client is None else open_stream(channel, client)
         stride = getattr(scorer, "stride", None)
         if stride:  # the scorer reuses work between windows that start on its grid
             window = replace(window, hop_seconds=aligned_hop(window.hop_seconds, stride))
@@ -111,6 +114,8 @@ class Session:
     scores get; by default the one ``fmt`` implies (``AudioFormat.channel``: Twilio's 8 kHz
     mu-law is narrowband, a 16 kHz PCM16 stream or a 48 kHz microphone wideband).
     ``parts``: score events of a fusion bundle carry its members' raw scores (``parts``).
+    ``client``: who sent the stream (e.g. an address): the workers share their turn between
+    clients first, then between a client's streams.
     """
 
     def __init__(
@@ -124,6 +129,7 @@ class Session:
         stream_id: str | None = None,
         channel: str | None = None,
         parts: bool = False,
+        client: object = None,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         if not isinstance(scorers, Mapping):
@@ -141,7 +147,7 @@ class Session:
         self._gate = VoiceGate(self.vad) if self.vad.enabled else None
         window = window or WindowOptions()
         self._tracks = [
-            _Track(n, s, window, self.smoothing, self.channel) for n, s in scorers.items()
+            _Track(n, s, window, self.smoothing, self.channel, client) for n, s in scorers.items()
         ]
         self._out: asyncio.Queue[Event | None] = asyncio.Queue()
         self._samples = 0  # 16 kHz samples received

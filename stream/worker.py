@@ -8,19 +8,20 @@ network), so the event loop keeps serving streams meanwhile. Results come back i
 
 The runtime is the one pluggable part: any callable from (B, input_samples) windows to
 ``(logits, score)`` — the bundle's ONNX Runtime or PyTorch model in this process, or a client of
-remote replicas (``voicescreen.stream.backends``: Ray Serve, Triton). A runtime with a
+remote replicas (``voicescreen.runtimes``: Ray Serve, Triton). A runtime with a
 ``concurrency`` attribute gets that many batches in flight at once (one per replica, say); the
 in-process ones run one batch at a time. Queues, shedding and metrics are the same for all.
 
-The queue is bounded and fair between streams. Each stream (``open_stream``) has its own queue;
-a batch takes windows round-robin, one per stream in turn, and first from the streams that keep
-real time: a stream whose audio arrives faster than it plays (a file sent as fast as the network
-allows, say) gets what the live ones leave (``PACE_SLACK``). When the queue is full, the stream
-holding the most windows loses its oldest one, or, if that is the submitting stream, the new
-window is shed at once (``submit`` returns None): a client that floods the worker sheds its own
-windows, not everyone's. A stream reports what it lost as overloaded; a remote runtime that
-refuses a batch for want of capacity raises ``Overloaded``, and those windows are shed (and
-reported) the same way.
+The queue is bounded and fair between clients and, within a client, between its streams. Each
+stream (``open_stream(channel, client)``) has its own queue; a batch takes windows round-robin,
+one per client in turn (and one per stream of that client in turn), and first from the streams
+that keep real time: a stream whose audio arrives faster than it plays (a file sent as fast as
+the network allows, say) gets what the live ones leave (``PACE_SLACK``). When the queue is full,
+the client holding the most windows loses the oldest one of its fullest stream, or, if that is
+the submitting client, the new window is shed at once (``submit`` returns None): a client that
+floods the worker, with one stream or many, sheds its own windows, not everyone's. A stream
+reports what it lost as overloaded; a remote runtime that refuses a batch for want of capacity
+raises ``Overloaded``, and those windows are shed (and reported) the same way.
 
 A ``Cascade`` has the same interface: a cheap model scores every window and an expensive one
 re-scores only the windows whose cheap calibrated score lies within ``band`` of the threshold.
@@ -29,7 +30,7 @@ A session scores through ``open_stream(channel)``: a handle per stream that take
 ``StreamWindow``s and calibrates their scores for the stream's channel (``wideband`` or
 ``narrowband``: the bundle's calibration for that kind of audio, ``ScoreSpec.for_channel``). For
 most runtimes it just submits the samples; a runtime that reuses each stream's encoder
-frames across overlapping windows (``takes_jobs``: ``models.incremental``) is handed, per window,
+frames across overlapping windows (``takes_jobs``: ``runtimes.reuse``) is handed, per window,
 its samples, where it starts and that stream's frames, and needs window starts on its ``stride``.
 """
 
@@ -49,7 +50,7 @@ import numpy as np
 
 from voicescreen.audio import SAMPLE_RATE
 from voicescreen.models.bundle import POOLED, ScoreSpec
-from voicescreen.models.incremental import Job, StreamFrames
+from voicescreen.runtimes.reuse import Job, StreamFrames
 
 if TYPE_CHECKING:
     from voicescreen.models.bundle import Bundle
@@ -182,19 +183,23 @@ class _Pace:
 class WorkerStream:
     """A stream's handle on a worker (``InferenceWorker.open_stream``)."""
 
-    def __init__(self, worker: InferenceWorker, channel: str | None = None) -> None:
+    def __init__(
+        self, worker: InferenceWorker, channel: str | None = None, client: object = None
+    ) -> None:
         self.worker = worker
         self.channel = channel
+        self.client = client
         self.frames = StreamFrames() if worker.takes_jobs else None
 
     def submit(self, window: StreamWindow) -> asyncio.Future[Result] | None:
         at = window.end / SAMPLE_RATE  # stream seconds: how far its audio has come
+        who = {"stream": self, "audio": at, "client": self.client}
         if self.frames is None:
-            return self.worker.submit(window.samples, self.channel, stream=self, audio=at)
+            return self.worker.submit(window.samples, self.channel, **who)
         audio = window.end - window.start  # less than the window when it is repeat-padded
         padded = audio if audio < window.samples.size else None
         job = Job(window.samples, window.start, self.frames, padded)
-        return self.worker.submit(job, self.channel, stream=self, audio=at)
+        return self.worker.submit(job, self.channel, **who)
 
 
 class InferenceWorker:
@@ -224,8 +229,10 @@ class InferenceWorker:
         names = tuple(getattr(runtime, "part_names", None) or ())
         self._part_names = names if self._score_parts is not None and not self.takes_jobs else ()
         self._specs: dict[str | None, tuple[ScoreSpec, str]] = {}
-        # one queue per stream (None: windows submitted without one), in round-robin order
+        # one queue per stream (None: windows submitted without one), in round-robin order,
+        # and the client each queued stream belongs to (itself, when none was given)
         self._queues: dict[object, deque[_Item]] = {}
+        self._client_of: dict[object, object] = {}
         self._queued = 0
         self._paces: weakref.WeakKeyDictionary[object, _Pace] = weakref.WeakKeyDictionary()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -258,10 +265,11 @@ class InferenceWorker:
     def queued(self) -> int:
         return self._queued
 
-    def open_stream(self, channel: str | None = None) -> WorkerStream:
+    def open_stream(self, channel: str | None = None, client: object = None) -> WorkerStream:
         """A handle for one stream's windows (it holds what the runtime reuses between them),
-        whose scores are calibrated for ``channel``."""
-        return WorkerStream(self, channel)
+        whose scores are calibrated for ``channel``; ``client``: who opened it (any hashable
+        key, e.g. an address), so that the streams of one client share one turn."""
+        return WorkerStream(self, channel, client)
 
     def calibration(self, channel: str | None) -> tuple[ScoreSpec, str]:
         """The spec that calibrates ``channel``'s scores, and its name (``for_channel``)."""
@@ -277,13 +285,15 @@ class InferenceWorker:
         *,
         stream: object | None = None,
         audio: float | None = None,
+        client: object = None,
     ) -> asyncio.Future[Result] | None:
         """Queue one (input_samples,) window (or, for a runtime that ``takes_jobs``, a ``Job``),
         its score to be calibrated for ``channel``; None when the queue is full and it was shed.
         ``stream``: whose window it is (any weak-referenceable handle: the queues are fair
         between streams; see the module
         docstring), and ``audio``: the stream seconds its audio reaches, which tell a stream
-        keeping real time from one sent faster.
+        keeping real time from one sent faster. ``client``: who sent it; the streams of one
+        client share one turn (None: the stream is a client of its own).
 
         Call from the event loop's thread. Cancel the future to withdraw a window not yet run.
         """
@@ -296,7 +306,8 @@ class InferenceWorker:
             )
         self._ensure_started()
         self.metrics.submitted += 1
-        if self._queued >= self.options.max_queue and not self._make_room(stream):
+        client = stream if client is None else client
+        if self._queued >= self.options.max_queue and not self._make_room(stream, client):
             self.metrics.shed += 1
             return None
         now = self._loop.time()
@@ -312,21 +323,25 @@ class InferenceWorker:
         queue = self._queues.get(stream)
         if queue is None:
             queue = self._queues[stream] = deque()
+            self._client_of[stream] = client
         queue.append(_Item(payload, future, now, spec, calibration, ahead))
         self._queued += 1
         if self._wake is not None and not self._wake.done() and self._queued >= self._want:
             self._wake.set_result(None)
         return future
 
-    def _make_room(self, stream: object | None) -> bool:
-        """The queue is full: shed the oldest window of the stream holding the most, unless that
-        is ``stream`` (or no other holds more than it would): then False, its new window is
-        shed."""
-        biggest = max(self._queues, key=lambda k: len(self._queues[k]))
-        own = len(self._queues.get(stream, ()))
-        if biggest is stream or len(self._queues[biggest]) <= own + 1:
+    def _make_room(self, stream: object | None, client: object) -> bool:
+        """The queue is full: shed the oldest window of the client holding the most (from its
+        fullest stream), unless that is ``client`` (or no other holds more than it would): then
+        False, the new window is shed."""
+        held: Counter[object] = Counter()
+        for key, queue in self._queues.items():
+            held[self._client_of[key]] += len(queue)
+        biggest = max(held, key=held.__getitem__)
+        if biggest == client or held[biggest] <= held[client] + 1:
             return False
-        item = self._pop(biggest)
+        mine = [k for k in self._queues if self._client_of[k] == biggest]
+        item = self._pop(max(mine, key=lambda k: len(self._queues[k])))
         self.metrics.shed += 1
         if not item.future.done():
             item.future.set_exception(Overloaded(f"{self.name}: queue full", "queue full"))
@@ -339,6 +354,7 @@ class InferenceWorker:
         self._queued -= 1
         if not queue:
             del self._queues[key]
+            del self._client_of[key]
         return item
 
     async def score(self, samples: np.ndarray, channel: str | None = None) -> Result:
@@ -388,8 +404,9 @@ class InferenceWorker:
         return min(q[0].submitted for q in self._queues.values())
 
     def _next_batch(self) -> list[_Item]:
-        """Up to ``max_batch`` windows, one per stream in turn (a stream served moves to the back
-        of the turn): first the windows of streams keeping real time, then the others."""
+        """Up to ``max_batch`` windows, one per client in turn and, within a client, one per
+        stream in turn (a stream served moves to the back of the turn): first the windows of
+        streams keeping real time, then the others."""
         batch: list[_Item] = []
         max_delay = self.options.max_delay_ms / 1000
         stale_before = self._loop.time() - max_delay if max_delay > 0 else None
@@ -397,12 +414,17 @@ class InferenceWorker:
         for live_only in (True, False):
             while len(batch) < self.options.max_batch:
                 took = False
+                served: set[object] = set()  # clients served in this round
                 for key in list(self._queues):
                     if len(batch) >= self.options.max_batch:
                         break
                     queue = self._queues.get(key)
                     if not queue or (live_only and queue[0].ahead):
                         continue
+                    client = self._client_of[key]
+                    if client in served:
+                        continue
+                    served.add(client)
                     item = self._pop(key)
                     if key in self._queues:  # served: to the back of the turn
                         self._queues[key] = self._queues.pop(key)
@@ -591,8 +613,8 @@ class Cascade:
             lambda: self.expert.submit(samples, channel),
         )
 
-    def open_stream(self, channel: str | None = None) -> CascadeStream:
-        return CascadeStream(self, channel)
+    def open_stream(self, channel: str | None = None, client: object = None) -> CascadeStream:
+        return CascadeStream(self, channel, client)
 
     def _route(
         self,
@@ -650,10 +672,10 @@ class CascadeStream:
     """A stream's handle on a cascade: a handle on each of its two workers (each calibrating for
     the stream's channel, so the screen's band is judged on its channel's scale too)."""
 
-    def __init__(self, cascade: Cascade, channel: str | None = None) -> None:
+    def __init__(self, cascade: Cascade, channel: str | None = None, client: object = None) -> None:
         self.cascade = cascade
-        self.screen = cascade.screen.open_stream(channel)
-        self.expert = cascade.expert.open_stream(channel)
+        self.screen = cascade.screen.open_stream(channel, client)
+        self.expert = cascade.expert.open_stream(channel, client)
 
     def submit(self, window: StreamWindow) -> asyncio.Future[Result] | None:
         return self.cascade._route(

@@ -118,6 +118,51 @@ def test_a_full_queue_sheds_the_oldest_window_of_the_stream_holding_most() -> No
     assert metrics.shed == 2 and metrics.scored == 5
 
 
+def test_the_streams_of_one_client_share_one_turn() -> None:
+    async def main():
+        rt = Recorder()
+        w = make_worker(rt, max_batch=4, max_wait_ms=50)
+        a1, a2, a3, b = Handle(), Handle(), Handle(), Handle()
+        futures = [w.submit(tagged(10 + i), stream=a1, client="A") for i in range(2)]
+        futures += [w.submit(tagged(20 + i), stream=a2, client="A") for i in range(2)]
+        futures += [w.submit(tagged(30 + i), stream=a3, client="A") for i in range(2)]
+        futures += [w.submit(tagged(-1 - i), stream=b, client="B") for i in range(3)]
+        await asyncio.gather(*futures)
+        await w.close()
+        return rt.batches
+
+    batches = asyncio.run(asyncio.wait_for(main(), 10))
+    # one window of client A (its streams in turn) for each of client B; per stream, B would
+    # have had one window in four
+    assert batches[0] == [10, -1, 20, -2]
+    assert batches[1] == [30, -3, 11, 21]
+    assert batches[2] == [31]
+
+
+def test_a_full_queue_sheds_from_the_client_holding_most() -> None:
+    async def main():
+        rt = Recorder(seconds=0.2)
+        w = make_worker(rt, max_batch=1, max_wait_ms=0, max_queue=4)
+        streams = [Handle() for _ in range(4)]
+        live = Handle()
+        blocker = w.submit(tagged(0), stream=streams[0], client="A")
+        await asyncio.sleep(0.05)  # the blocker is in the model; the queue is empty again
+        # client A fills the queue with one window from each of four streams: no stream holds
+        # more than the live one will, but the client does
+        floods = [w.submit(tagged(1 + i), stream=s, client="A") for i, s in enumerate(streams)]
+        mine = w.submit(tagged(-1), stream=live, client="B")  # room is made: A's oldest goes
+        more = w.submit(tagged(9), stream=Handle(), client="A")  # A's own new window is shed
+        assert more is None
+        results = await asyncio.gather(blocker, *floods, mine, return_exceptions=True)
+        await w.close()
+        return results, w.metrics
+
+    results, metrics = asyncio.run(asyncio.wait_for(main(), 10))
+    assert isinstance(results[1], Overloaded) and results[1].reason == "queue full"
+    assert sorted(r.raw for r in results[2:]) == [-1, 2, 3, 4]
+    assert metrics.shed == 2 and metrics.scored == 5
+
+
 # --- end to end -----------------------------------------------------------------------------------
 
 
@@ -150,3 +195,38 @@ def test_a_live_call_beside_four_flooding_clients_loses_nothing(
     assert not live.of_type("overloaded")
     shed = [json.loads(o.splitlines()[-1])["models"]["aasist-l"]["shed"] for o in outs]
     assert sum(shed) > 0, "no contention: the floods were all scored in time"
+
+
+def test_a_live_call_beside_one_client_with_many_calls_loses_nothing(export_aasist_l, data_dir):
+    """Ten live calls from one client (behind a trusted proxy) and one from another: the worker
+    takes its turns per client, so the lone call keeps all its windows while the busy client,
+    asking for more than the model can score, sheds its own."""
+    clip = dev_clip(data_dir, "bonafide", 6.0, 9.0)
+    # a window queued 1.5 s is shed as too late: taking turns per stream, the lone call's would
+    # wait behind ten others; per client, behind one
+    batch = BatchOptions(max_batch=2, max_delay_ms=1500)
+    config = ServerConfig(
+        bundles=[web_bundle(export_aasist_l)], batch=batch, trusted_proxies=("127.0.0.1",)
+    )
+    server = start_server(config)
+
+    async def calls():
+        url = server.ws_url("/v1/stream")
+        busy = [
+            converse(url, pcm_messages(clip), headers={"X-Forwarded-For": "10.0.0.1"})
+            for _ in range(10)
+        ]
+        lone = converse(url, pcm_messages(clip), headers={"X-Forwarded-For": "10.0.0.2"})
+        return await asyncio.gather(lone, *busy)
+
+    try:
+        lone, *busy = run(calls())
+    finally:
+        server.stop()
+    for result in (lone, *busy):
+        assert result.close_code == 1000 and not result.errors
+    summary = lone.messages[-1]["models"]["aasist-l"]
+    assert summary["shed"] == 0 and summary["scored"] == summary["windows"] - summary["no_speech"]
+    assert not lone.of_type("overloaded")
+    shed = [r.messages[-1]["models"]["aasist-l"]["shed"] for r in busy]
+    assert sum(shed) > 0, "no contention: the busy client's calls were all scored in time"

@@ -76,8 +76,10 @@ class RtcStream:
         stream_id: str,
         slot: contextlib.ExitStack,
         on_close: Any = None,
+        client: str | None = None,
     ) -> None:
         self.state = state
+        self.client = client
         self.on_close = on_close
         self.config = state.config
         self.pc = pc
@@ -140,7 +142,9 @@ class RtcStream:
 
     def ensure_session(self, fmt: AudioFormat) -> Session:
         if self.session is None:
-            self.session = self.state.streams.session(fmt, self.models, self.stream_id)
+            self.session = self.state.streams.session(
+                fmt, self.models, self.stream_id, client=self.client
+            )
             with contextlib.suppress(ClientGone):
                 started = self.state.streams.started(self.session, self.models)
                 self.send(json.dumps(started, separators=(",", ":")))
@@ -269,7 +273,9 @@ class RtcPeers:
             raise RtcError(e.code, e.message, 429) from None
         ice = [RTCIceServer(url) for url in self.state.config.ice_servers]
         pc = RTCPeerConnection(RTCConfiguration(iceServers=ice))
-        stream = RtcStream(self.state, pc, models, stream_id, slot, self.streams.discard)
+        stream = RtcStream(
+            self.state, pc, models, stream_id, slot, self.streams.discard, client=client
+        )
         pc.on("datachannel", stream.on_channel)
 
         @pc.on("track")

@@ -340,9 +340,11 @@ class Streams:
         stream_id: str | None,
         channel: str | None = None,
         parts: bool = False,
+        client: str | None = None,
     ) -> Session:
         """A session for a new stream; ``channel`` None: the one ``fmt`` implies; ``parts``:
-        its score events carry a fusion's members' scores."""
+        its score events carry a fusion's members' scores; ``client``: its address, whose
+        streams share one turn at the workers."""
         names = models or tuple(self.workers)
         return Session(
             {name: self.workers[name] for name in names},
@@ -353,6 +355,7 @@ class Streams:
             stream_id=stream_id,
             channel=channel,
             parts=parts,
+            client=client,
         )
 
     def started(self, session: Session, models: tuple[str, ...] | None) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from typing import Any
 
 from fastapi import WebSocket
 
+from voicescreen.audio import TELEPHONE_RATE
 from voicescreen.stream import AudioFormat, ErrorEvent, Event, Session
 from voicescreen.web.auth import TWILIO_SIGNATURE, token_ok, twilio_signature_ok, websocket_url
 from voicescreen.web.sinks import log_event
@@ -42,8 +43,8 @@ from voicescreen.web.ws import AUTH_SECONDS, Peer, decode_json, ended_by
 
 log = logging.getLogger(__name__)
 
-MULAW_8K = AudioFormat("mulaw", 8000, 1)
-MEDIA_FORMAT = {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}
+MULAW_8K = AudioFormat("mulaw", TELEPHONE_RATE, 1)
+MEDIA_FORMAT = {"encoding": "audio/x-mulaw", "sampleRate": TELEPHONE_RATE, "channels": 1}
 TRACKS = ("inbound", "outbound")
 FRAME_BYTES = 160  # 20 ms of 8 kHz mu-law, what Twilio sends per media message
 
@@ -267,7 +268,9 @@ class TwilioCall:
             await self.open_track(track)
 
     async def open_track(self, track: str) -> Session:
-        session = self.state.streams.session(MULAW_8K, None, f"{self.stream_sid}:{track}")
+        session = self.state.streams.session(
+            MULAW_8K, None, f"{self.stream_sid}:{track}", client=self.peer.client
+        )
         self.sessions[track] = session
         self.limits[track] = self.state.streams.rate_limit()
         if "socket" in self.sinks and not self.peer.gone:

@@ -254,7 +254,12 @@ async def run_stream(peer: Peer, state: AppState) -> None:
         await peer.refuse(e)
         return
     session = state.streams.session(
-        start.format, start.models, start.stream_id or peer.id, start.channel, start.parts
+        start.format,
+        start.models,
+        start.stream_id or peer.id,
+        start.channel,
+        start.parts,
+        client=peer.client,
     )
     with contextlib.suppress(ClientGone):
         await peer.send_json(state.streams.started(session, start.models))
