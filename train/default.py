@@ -85,17 +85,6 @@ def official_bundle(architecture: str, out: Path) -> Path:
     return out
 
 
-def figures_dict(f) -> dict:
-    return {
-        "eer": f.eer,
-        "min_tdcf": f.min_tdcf,
-        "bonafide_accepted": f.bonafide_accepted,
-        "spoof_rejected": f.spoof_rejected,
-        "accuracy": f.accuracy,
-        "per_attack_eer": {a: v["eer"] for a, v in f.per_attack.items()},
-    }
-
-
 def met(measured: dict) -> bool:
     return (
         measured["eer"] <= TARGETS["eer"]
@@ -165,11 +154,11 @@ def compare_on_eval(
 
     # The eval split is already telephone audio: scored as it is ("clean" = no extra channel).
     mine = evaluate(bundle, data_root, "eval", out / "eval", command=EVAL_COMMAND).figures
-    compared = {"default": figures_dict(mine)}
+    compared = {"default": mine.headline()}
     for arch in ("aasist", "aasist-l"):
         official = official_bundle(arch, out / f"{arch}-official")
         f = evaluate(official, data_root, "eval", out / f"eval-{arch}-official").figures
-        compared[f"{arch}-official"] = figures_dict(f)
+        compared[f"{arch}-official"] = f.headline()
     measured = {k: compared["default"][k] for k in TARGETS}
     ok = met(measured)
     summary = {"targets": TARGETS, "eval": measured, "compared": compared, "met": ok}

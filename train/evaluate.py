@@ -149,6 +149,18 @@ class Figures:
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
+    def headline(self) -> dict[str, Any]:
+        """The figures a card records: EER, min t-DCF, the rates and accuracy at the card's
+        threshold and each attack's EER."""
+        return {
+            "eer": self.eer,
+            "min_tdcf": self.min_tdcf,
+            "bonafide_accepted": self.bonafide_accepted,
+            "spoof_rejected": self.spoof_rejected,
+            "accuracy": self.accuracy,
+            "per_attack_eer": {a: v["eer"] for a, v in self.per_attack.items()},
+        }
+
 
 def compute_figures(
     utts: Sequence[Utterance],

@@ -108,15 +108,7 @@ def export_trained(
         "calibration": fitted.to_dict(),
     }
     for ch, scores in per_channel.items():
-        f = compute_figures(dev, scores, threshold, asv, note)
-        dev_metrics[ch] = {
-            "eer": f.eer,
-            "min_tdcf": f.min_tdcf,
-            "bonafide_accepted": f.bonafide_accepted,
-            "spoof_rejected": f.spoof_rejected,
-            "accuracy": f.accuracy,
-            "per_attack_eer": {a: v["eer"] for a, v in f.per_attack.items()},
-        }
+        dev_metrics[ch] = compute_figures(dev, scores, threshold, asv, note).headline()
     first = dev_metrics[recipe.calibration[0]]
     dev_metrics["eer"] = first["eer"]
     if note and asv is not None:
