@@ -15,6 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
+from voicescreen.resample import Resampler
+from voicescreen.resample import resample as _resample
+
 SAMPLE_RATE = 16000  # Hz, the one rate inside the package
 WINDOW_SAMPLES = 64600  # ≈ 4.04 s: the input of AASIST and the AASIST-repo RawNet2
 HOP_SECONDS = 1.0  # default hop between sliding windows
@@ -91,13 +94,12 @@ def to_mono(x: np.ndarray) -> np.ndarray:
 
 
 def resample(x: np.ndarray, orig_rate: int, new_rate: int = SAMPLE_RATE) -> np.ndarray:
-    """Resample a whole 1-D float32 signal with the streams' resampler, so both agree exactly."""
+    """Resample a whole 1-D float32 signal with the streams' resampler (``voicescreen.resample``),
+    so both agree exactly."""
     if orig_rate <= 0 or new_rate <= 0:
         raise AudioError(f"impossible sample rate {orig_rate} -> {new_rate}")
     if orig_rate == new_rate:
         return np.asarray(x, dtype=np.float32)
-    from voicescreen.stream.resample import resample as _resample
-
     return _resample(x, orig_rate, new_rate)
 
 
@@ -118,8 +120,6 @@ def read_audio(
     channel count.
     """
     import soundfile as sf
-
-    from voicescreen.stream.resample import Resampler
 
     if not Path(path).exists():  # libsndfile would say only "System error."
         raise AudioError(f"{path}: no such file")

@@ -24,6 +24,7 @@ from voicescreen.audio import (
     sliding_windows,
 )
 from voicescreen.models.bundle import Bundle
+from voicescreen.runtimes import open_runtime
 from voicescreen.stream.vad import VadOptions, speech_before
 from voicescreen.verdict import Smoother, SmoothingOptions, summarise
 
@@ -88,7 +89,7 @@ class Scorer:
         self.spec = bundle.score
         self.smoothing = smoothing or SmoothingOptions()
         self.vad = vad or VadOptions()
-        self.runtime = runtime or bundle.runtime(backend, **runtime_options)
+        self.runtime = runtime or open_runtime(bundle, backend, **runtime_options)
 
     def score_windows(self, windows: np.ndarray) -> np.ndarray:
         """Raw scores of (N, input_samples) windows, computed in batches."""

@@ -19,7 +19,7 @@ from voicescreen.cli import (
     plan_bundles,
     verdict_options,
 )
-from voicescreen.runtimes import AUTO, LOCAL_BACKENDS, NO_FAST_PATH
+from voicescreen.runtimes import AUTO, LOCAL_BACKENDS, NO_FAST_PATH, with_fast_path
 
 log = logging.getLogger("voicescreen")
 
@@ -224,7 +224,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             config = replace(config, bundles=planned, reuse=False)  # reuse: in each plan
         elif args.fast_path not in (AUTO, NO_FAST_PATH):  # built here, run elsewhere: refused
             bundles = load_bundles(list(config.bundles)).values()
-            config = replace(config, bundles=[b.with_fast_path(args.fast_path) for b in bundles])
+            config = replace(config, bundles=[with_fast_path(b, args.fast_path) for b in bundles])
     except ValueError as e:  # LoadError and FastPathError are ValueErrors
         sock.close()
         return fail(str(e))

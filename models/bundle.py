@@ -29,7 +29,7 @@ import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from voicescreen.runtimes import Runtime, RuntimePlan
+    from voicescreen.runtimes import RuntimePlan
 
 log = logging.getLogger(__name__)
 
@@ -224,25 +224,9 @@ class Bundle:
             )
         return model.eval()
 
-    def with_fast_path(self, fast_path: str | None, backend: str | None = None) -> Bundle:
-        """This bundle, its runtimes taking ``fast_path`` (None: the plain model). Raises
-        ``FastPathError`` (a ``ValueError``) when the path does not apply to it (on ``backend``)."""
-        from voicescreen.runtimes import check_fast_path
-
-        if fast_path is not None:
-            check_fast_path(self, fast_path, backend)
-        return replace(self, fast_path=fast_path, plan=None)
-
     def with_plan(self, plan: RuntimePlan) -> Bundle:
         """This bundle, its runtimes made as ``plan`` says (``runtimes.plan_runtime``)."""
         return replace(self, fast_path=plan.fast_path, plan=plan)
-
-    def runtime(self, backend: str = "onnx", **options: Any) -> Runtime:
-        """``voicescreen.runtimes.open_runtime(self, backend, **options)``: a runtime scoring
-        (B, input_samples) windows, on this bundle's fast path or plan where it has one."""
-        from voicescreen.runtimes import open_runtime
-
-        return open_runtime(self, backend, **options)
 
 
 # --- loading -----------------------------------------------------------------------------------

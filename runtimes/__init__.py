@@ -39,6 +39,7 @@ from voicescreen.runtimes.plan import (
     describe,
     describe_text,
     plan_runtime,
+    with_fast_path,
 )
 from voicescreen.runtimes.remote import (
     BACKENDS,
@@ -205,4 +206,5 @@ __all__ = [
     "open_runtime",
     "open_runtimes",
     "plan_runtime",
+    "with_fast_path",
 ]

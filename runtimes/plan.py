@@ -72,6 +72,14 @@ def check_fast_path(bundle: Bundle, fast_path: str, backend: str | None = None) 
         )
 
 
+def with_fast_path(bundle: Bundle, fast_path: str | None, backend: str | None = None) -> Bundle:
+    """``bundle``, its runtimes taking ``fast_path`` (None: the plain model). Raises
+    ``FastPathError`` (a ``ValueError``) when the path does not apply to it (on ``backend``)."""
+    if fast_path is not None:
+        check_fast_path(bundle, fast_path, backend)
+    return replace(bundle, fast_path=fast_path, plan=None)
+
+
 def compiler_problem() -> str | None:
     """Why torch inductor (``--fast-path bf16``) would find no C++ compiler here, or None (also
     when it cannot tell)."""

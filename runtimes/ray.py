@@ -38,8 +38,7 @@ from ray.serve.exceptions import (
 
 from voicescreen.models.bundle import ONNX_FILE, sha256
 from voicescreen.runtimes.local import check_batch
-from voicescreen.runtimes.remote import BackendError, RayOptions
-from voicescreen.stream.worker import Overloaded
+from voicescreen.runtimes.remote import BackendError, Overloaded, RayOptions
 
 if TYPE_CHECKING:
     from ray.serve.handle import DeploymentHandle

@@ -36,6 +36,18 @@ class BackendError(RuntimeError):
     model than the bundle says."""
 
 
+class Overloaded(RuntimeError):
+    """A window was shed: the worker's queue was full, it waited past the latency budget, or a
+    remote runtime refused the batch for want of capacity (runtimes raise it for that).
+    Defined here, below the worker (``stream.worker`` sheds with it), so that runtimes need not
+    import the stream package.
+    ``reason`` is the short form the ``overloaded`` event carries."""
+
+    def __init__(self, message: str, reason: str = "refused") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 class RemoteRuntime(Protocol):
     """A runtime whose model runs elsewhere (see the module docstring)."""
 

@@ -31,8 +31,7 @@ import numpy as np
 
 from voicescreen.models.bundle import ONNX_FILE, ONNX_INPUT, sha256
 from voicescreen.runtimes.local import check_batch
-from voicescreen.runtimes.remote import BackendError, TritonOptions
-from voicescreen.stream.worker import Overloaded
+from voicescreen.runtimes.remote import BackendError, Overloaded, TritonOptions
 
 if TYPE_CHECKING:
     from voicescreen.models.bundle import Bundle

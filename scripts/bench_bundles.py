@@ -18,6 +18,7 @@ from benchlib import command_line, machine, spread, timed, versions, write_secti
 
 from voicescreen.models.bundle import load_bundle
 from voicescreen.models.store import resolve_bundle
+from voicescreen.runtimes import open_runtime
 
 BATCHES = (1, 8)
 THREADS = (1, 2)
@@ -39,7 +40,7 @@ def main() -> None:
         size = sum(len(v) for v in bundle.files.values()) / 1e6
         cells = [bundle.name, bundle.architecture, f"{size:.1f}"]
         for t in THREADS:
-            runtime = bundle.runtime("onnx", threads=t)
+            runtime = open_runtime(bundle, "onnx", threads=t)
             for b in BATCHES:
                 ts = timed(lambda r=runtime, w=x[:b]: r(w), args.repeats)
                 med, fastest, slowest = (1000 * v / b for v in spread(ts))

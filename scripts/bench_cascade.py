@@ -34,6 +34,7 @@ from benchlib import command_line, machine, versions, write_section
 
 from voicescreen.models.bundle import load_bundle
 from voicescreen.models.store import portable_path, resolve_bundle
+from voicescreen.runtimes import open_runtime
 from voicescreen.train.data import load_split
 from voicescreen.train.evaluate import BATCH, score_utterances
 from voicescreen.train.metrics import eer, rates_at
@@ -50,9 +51,9 @@ def calibrated_scores(
     on the torch backend's bf16 fast path (``fast_path`` "bf16")."""
     bundle = load_bundle(resolve_bundle(bundle_path))
     if fast_path == "bf16":
-        runtime = bundle.runtime("torch", fast_path="bf16")
+        runtime = open_runtime(bundle, "torch", fast_path="bf16")
     else:
-        runtime = bundle.runtime("onnx")
+        runtime = open_runtime(bundle, "onnx")
     # Warm up on every batch shape the scoring uses, so no first call (a compile on the bf16
     # path) is counted in the rate.
     for n in {1, BATCH, len(utts) % BATCH} - {0}:

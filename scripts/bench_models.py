@@ -21,6 +21,7 @@ from benchlib import command_line, machine, spread, timed, versions, write_secti
 from voicescreen.audio import load_audio, pad_repeat
 from voicescreen.models.bundle import export_bundle
 from voicescreen.models.registry import ARCHITECTURES, get_architecture
+from voicescreen.runtimes import open_runtime
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 
@@ -95,8 +96,8 @@ def bench_one(name: str, batches: list[int], repeats: int, tmp: Path) -> dict:
         check_input=x[:2],
     )
     runtimes = {
-        "eager": lambda: bundle.runtime("torch", device="cpu"),
-        "onnx": lambda: bundle.runtime("onnx"),
+        "eager": lambda: open_runtime(bundle, "torch", device="cpu"),
+        "onnx": lambda: open_runtime(bundle, "onnx"),
     }
     row = {
         "model": name,

@@ -45,7 +45,7 @@ from benchlib import command_line, machine, versions, write_section
 from voicescreen.audio import SAMPLE_RATE
 from voicescreen.models.bundle import load_bundle
 from voicescreen.models.store import resolve_bundle
-from voicescreen.runtimes import describe_text, plan_runtime
+from voicescreen.runtimes import describe_text, open_runtime, plan_runtime
 from voicescreen.runtimes.reuse import aligned_hop
 from voicescreen.stream import (
     AudioFormat,
@@ -413,7 +413,7 @@ def main() -> int:
                 bundle, base = bundle.with_plan(plan), plan.backend
             if base == "onnx" and args.providers:
                 options = {**options, "providers": args.providers}
-            runtime = bundle.runtime(base, **options)
+            runtime = open_runtime(bundle, base, **options)
             if backend == "default":  # what it chose, without the why (logged above)
                 label = f"default: {describe_text(runtime).split(' (chosen')[0]}"
         runtime(np.zeros((1, bundle.input_samples), np.float32))  # warm up
@@ -432,7 +432,7 @@ def main() -> int:
 
         if mode == "cascade":
             screen = load_bundle(resolve_bundle(replicas))
-            screen_runtime = screen.runtime("onnx")
+            screen_runtime = open_runtime(screen, "onnx")
             label = f"{screen.name} (onnx) > {backend}, band {args.band:g}"
 
             def make_worker(

@@ -41,9 +41,8 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from voicescreen.audio import SAMPLE_RATE, TELEPHONE_RATE, WINDOW_SAMPLES
+from voicescreen.audio import SAMPLE_RATE, TELEPHONE_RATE, WINDOW_SAMPLES, resample
 from voicescreen.stream.codecs import encode_mulaw
-from voicescreen.stream.resample import resample
 from voicescreen.stream.worker import percentile
 from voicescreen.train.conversations import conversation
 from voicescreen.web.client import TapError, converse

@@ -10,6 +10,8 @@ to score a batch, a runtime, is the model in this process or replicas elsewhere 
 Triton): ``voicescreen.runtimes``.
 """
 
+from voicescreen.audio import resample  # 16 kHz by default: what streams resample to
+from voicescreen.resample import Resampler
 from voicescreen.stream.codecs import AudioFormat, DecodeError, decode
 from voicescreen.stream.events import (
     ErrorEvent,
@@ -23,7 +25,6 @@ from voicescreen.stream.events import (
     event_from_dict,
 )
 from voicescreen.stream.loading import LoadError, load_bundles, load_scorers
-from voicescreen.stream.resample import Resampler, resample
 from voicescreen.stream.session import Session
 from voicescreen.stream.vad import VadOptions, VoiceGate
 from voicescreen.stream.windows import StreamWindow, Windower, WindowOptions

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from voicescreen.audio import SAMPLE_RATE, AudioError, check_channel
+from voicescreen.resample import Resampler
 from voicescreen.runtimes.reuse import aligned_hop
 from voicescreen.stream.codecs import AudioFormat, check_samples, decode
 from voicescreen.stream.events import (
@@ -37,7 +38,6 @@ from voicescreen.stream.events import (
     SummaryEvent,
     VerdictEvent,
 )
-from voicescreen.stream.resample import Resampler
 from voicescreen.stream.vad import VadOptions, VoiceGate
 from voicescreen.stream.windows import StreamWindow, Windower, WindowOptions
 from voicescreen.stream.worker import Overloaded, Result, Scorer, StreamScorer, percentile

@@ -50,6 +50,8 @@ import numpy as np
 
 from voicescreen.audio import SAMPLE_RATE
 from voicescreen.models.bundle import POOLED, ScoreSpec
+from voicescreen.runtimes import open_runtime
+from voicescreen.runtimes.remote import Overloaded
 from voicescreen.runtimes.reuse import Job, StreamFrames
 
 if TYPE_CHECKING:
@@ -254,7 +256,7 @@ class InferenceWorker:
         **runtime_options: Any,
     ) -> InferenceWorker:
         return cls(
-            bundle.runtime(backend, **runtime_options),
+            open_runtime(bundle, backend, **runtime_options),
             name=name or bundle.name,
             input_samples=bundle.input_samples,
             score=bundle.score,
@@ -550,16 +552,6 @@ class InferenceWorker:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
-
-
-class Overloaded(RuntimeError):
-    """A window was shed: the worker's queue was full, it waited past the latency budget, or a
-    remote runtime refused the batch for want of capacity (runtimes raise it for that).
-    ``reason`` is the short form the ``overloaded`` event carries."""
-
-    def __init__(self, message: str, reason: str = "refused") -> None:
-        super().__init__(message)
-        self.reason = reason
 
 
 class ModelError(RuntimeError):

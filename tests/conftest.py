@@ -1,5 +1,10 @@
 """Shared fixtures: where the reference material and the corpus live.
 
+Tests mirror the packages (``tests/stream/``, ``tests/web/``, ...). The helpers shared across
+those folders sit in ``tests/`` (``web_support.py``), and the Ray and Triton tests rerun
+``tests/web/test_web_stream.py``'s tests on their backends: both folders are put on ``sys.path``
+here, before any test module is imported.
+
 ``../shared`` sits beside the repository on every developer machine and on CI; a test that needs it
 fails (never skips) when it is missing, since CI always has it.
 """
@@ -7,12 +12,16 @@ fails (never skips) when it is missing, since CI always has it.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+for _helpers in (Path(__file__).resolve().parent, Path(__file__).resolve().parent / "web"):
+    if str(_helpers) not in sys.path:
+        sys.path.insert(0, str(_helpers))
 SHARED = Path(os.environ.get("VOICESCREEN_SHARED", REPO.parent / "shared")).resolve()
 
 

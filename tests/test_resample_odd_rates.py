@@ -8,10 +8,10 @@ import importlib
 import numpy as np
 import pytest
 
-from voicescreen.audio import MAX_FILE_RATE
-from voicescreen.stream.resample import Resampler, resample
+from voicescreen.audio import MAX_FILE_RATE, SAMPLE_RATE, resample
+from voicescreen.resample import Resampler
 
-rs = importlib.import_module("voicescreen.stream.resample")  # the module, not the function
+rs = importlib.import_module("voicescreen.resample")  # the module, not the function
 
 ODD = [44101, 96001, MAX_FILE_RATE - 1]
 
@@ -71,7 +71,7 @@ def test_an_odd_rate_chunked_equals_whole():
     rng = np.random.default_rng(1)
     x = (0.3 * rng.standard_normal(rate // 4)).astype(np.float32)
     whole = resample(x, rate)
-    r = Resampler(rate)
+    r = Resampler(rate, SAMPLE_RATE)
     out, i = [], 0
     while i < x.size:
         k = int(rng.integers(0, 20000))

@@ -21,7 +21,7 @@ import httpx
 import numpy as np
 import pytest
 import soundfile as sf
-from test_web_support import dev_clip, start_server
+from web_support import dev_clip, start_server
 
 from voicescreen.audio import SAMPLE_RATE, load_audio
 from voicescreen.scoring import Scorer

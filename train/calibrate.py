@@ -31,6 +31,7 @@ import numpy as np
 
 from voicescreen.audio import CHANNELS
 from voicescreen.models.bundle import Calibration
+from voicescreen.runtimes import open_runtime
 from voicescreen.train.data import Utterance
 from voicescreen.train.metrics import eer, rates_at
 
@@ -180,7 +181,7 @@ def recalibrate(
     from voicescreen.models.bundle import CARD_FILE, load_bundle, write_bundle
 
     bundle = load_bundle(bundle_path)
-    runtime = bundle.runtime("onnx", threads=threads)
+    runtime = open_runtime(bundle, "onnx", threads=threads)
     scores, kinds = score_channels(
         lambda x: runtime(x)[1], utts, bundle.input_samples, channels, progress=progress
     )

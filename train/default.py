@@ -57,7 +57,7 @@ COMMAND = (
     "python scripts/make_extra_data.py && python scripts/make_default_bundle.py --out runs/default"
     " --extra ~/.cache/voicescreen/extra-data --extra-dev ~/.cache/voicescreen/extra-data --install"
 )
-# What the card gives as the way to re-measure it on eval (tests/test_cli.py does).
+# What the card gives as the way to re-measure it on eval (tests/cli/test_cli.py does).
 EVAL_COMMAND = "voicescreen eval --bundle models/default --data-root ../shared/data --split eval"
 
 log = logging.getLogger(__name__)
@@ -179,7 +179,7 @@ def annotate_card(
     validation: dict[str, Any] | None,
     ran: Sequence[str],
 ) -> None:
-    """What the card states about clips the model never saw (tests/test_cli.py re-measures it),
+    """What the card states about clips the model never saw (tests/cli/test_cli.py re-measures it),
     the portable command, the arguments it ``ran`` with, and the status line."""
     card_path = bundle / "card.json"
     card = json.loads(card_path.read_text())

@@ -38,6 +38,7 @@ import numpy as np
 
 from voicescreen.audio import load_audio, measure_channel, pad_repeat
 from voicescreen.models.bundle import ScoreSpec
+from voicescreen.runtimes import open_runtime
 from voicescreen.train.augment import channel as apply_channel
 from voicescreen.train.augment import describe_channel
 from voicescreen.train.data import Utterance, balanced_subset, find_split, load_split
@@ -482,7 +483,7 @@ def evaluate(
     if subset:
         utts = sorted(balanced_subset(utts, subset, seed, per_attack), key=lambda u: u.file)
     progress = sys.stderr.isatty() if progress is None else progress
-    runtime = bundle.runtime(backend, threads=threads)
+    runtime = open_runtime(bundle, backend, threads=threads)
     spec = bundle.score
     kinds: list[str] = []  # each window's kind of audio, whose calibration judges it
     per_channel = [

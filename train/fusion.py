@@ -23,6 +23,7 @@ import numpy as np
 
 from voicescreen.models.bundle import Bundle, export_bundle, load_bundle
 from voicescreen.models.fusion import ARCHITECTURE, Member, combine
+from voicescreen.runtimes import open_runtime
 from voicescreen.train.calibrate import Fitted, fit_channels, score_channels
 from voicescreen.train.data import Utterance
 from voicescreen.train.metrics import eer
@@ -109,7 +110,7 @@ def fit_fusion(
         raise ValueError(f"the bundles take windows of different lengths: {sorted(samples)}")
     columns, kinds = [], None
     for bundle in members:
-        runtime = bundle.runtime("onnx", threads=threads)
+        runtime = open_runtime(bundle, "onnx", threads=threads)
         per_channel, measured = score_channels(
             lambda x, r=runtime: r(x)[1], utts, bundle.input_samples, channels, progress=progress
         )

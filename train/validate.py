@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
+from voicescreen.runtimes import open_runtime
 from voicescreen.train.data import Utterance, load_split
 from voicescreen.train.metrics import eer
 
@@ -164,7 +165,7 @@ def bundle_scores(
     from voicescreen.train.evaluate import score_utterances
 
     bundle = load_bundle(bundle_path)
-    runtime = bundle.runtime("onnx", threads=threads)
+    runtime = open_runtime(bundle, "onnx", threads=threads)
     scores = {
         ch: score_utterances(lambda x: runtime(x)[1], utts, bundle.input_samples, ch)
         for ch in channels
