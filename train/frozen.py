@@ -45,9 +45,15 @@ from voicescreen.train.data import Utterance
 from voicescreen.train.dataset import ClipDataset, files_digest, mix_seed
 from voicescreen.train.evaluate import first_window
 from voicescreen.train.metrics import eer
-from voicescreen.train.optim import adam, cross_entropy, learning_rate
+from voicescreen.train.optim import (
+    adam,
+    cross_entropy,
+    learning_rate,
+    set_learning_rate,
+    take_step,
+)
 from voicescreen.train.recipes import Recipe
-from voicescreen.train.start import TrainError, build_model, resolve_device, set_deterministic
+from voicescreen.train.start import build_model, resolve_device, set_deterministic
 
 if TYPE_CHECKING:
     import torch
@@ -381,17 +387,10 @@ def train_frozen(
             x = gather(idx).to(device)
             y = targets[idx].to(device)
             lr = learning_rate(recipe, step, epoch, total_steps)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
+            set_learning_rate(optimizer, lr)
             logits = head_logits(model, k, x)
             loss = criterion(logits.float(), y)
-            if not torch.isfinite(loss):
-                raise TrainError(f"epoch {epoch}, step {step}: the loss is {float(loss)}")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if recipe.grad_clip:
-                torch.nn.utils.clip_grad_norm_(params, recipe.grad_clip)
-            optimizer.step()
+            take_step(optimizer, loss, params, recipe, f"epoch {epoch}, step {step}")
             step += 1
             tally.add(loss, logits, y)
             bar.set_postfix(**tally.postfix(lr))

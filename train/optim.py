@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from voicescreen.train.recipes import Recipe
+from voicescreen.train.start import TrainError
 
 if TYPE_CHECKING:
     import torch
@@ -40,6 +41,39 @@ def learning_rate(recipe: Recipe, step: int, epoch: int, total_steps: int) -> fl
     return recipe.lr
 
 
+def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def take_step(
+    optimizer: torch.optim.Optimizer,
+    loss: torch.Tensor,
+    params: Iterable[torch.nn.Parameter],
+    recipe: Recipe,
+    where: str,
+    scaler: torch.amp.GradScaler | None = None,
+) -> None:
+    """One optimiser step on ``loss``: a loss that is not finite stops the run (``TrainError``
+    naming ``where``), gradients are clipped to ``recipe.grad_clip`` when it is set, and
+    ``scaler`` (float16 autocast's loss scaler) scales, unscales before clipping, and steps."""
+    import torch
+
+    if not torch.isfinite(loss):
+        raise TrainError(f"{where}: the loss is {float(loss)}")
+    optimizer.zero_grad(set_to_none=True)
+    (scaler.scale(loss) if scaler is not None else loss).backward()
+    if recipe.grad_clip:
+        if scaler is not None:
+            scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(params, recipe.grad_clip)
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+
+
 def cross_entropy(recipe: Recipe, device: torch.device) -> nn.Module:
     """Cross-entropy, weighted per class by ``class_weights`` if set."""
     import torch
@@ -50,4 +84,4 @@ def cross_entropy(recipe: Recipe, device: torch.device) -> nn.Module:
     return torch.nn.CrossEntropyLoss(weight=weight)
 
 
-__all__ = ["adam", "cross_entropy", "learning_rate"]
+__all__ = ["adam", "cross_entropy", "learning_rate", "set_learning_rate", "take_step"]

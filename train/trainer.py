@@ -51,7 +51,7 @@ from voicescreen.train.evaluate import is_asvspoof2019, score_utterances
 from voicescreen.train.export import export_trained
 from voicescreen.train.frozen import train_frozen
 from voicescreen.train.metrics import eer
-from voicescreen.train.optim import adam, cross_entropy, learning_rate
+from voicescreen.train.optim import adam, cross_entropy, learning_rate, set_learning_rate, take_step
 from voicescreen.train.recipes import Recipe
 from voicescreen.train.start import TrainError, build_model, resolve_device, set_deterministic
 
@@ -272,22 +272,14 @@ def _train_torch(
         )
         for x, y in bar:
             lr = learning_rate(recipe, step, epoch, total_steps)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
+            set_learning_rate(optimizer, lr)
             x = x.to(device, non_blocking=True)
             y = y.to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=autocast_dtype, enabled=use_autocast):
                 logits = model(x)
             loss = criterion(logits.float(), y)
-            if not torch.isfinite(loss):
-                raise TrainError(f"epoch {epoch}, step {step}: the loss is {float(loss)}")
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if recipe.grad_clip:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
+            where = f"epoch {epoch}, step {step}"
+            take_step(optimizer, loss, model.parameters(), recipe, where, scaler)
             step += 1
             tally.add(loss, logits, y)
             bar.set_postfix(**tally.postfix(lr))
