@@ -151,6 +151,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
             threads=args.threads,
             progress=_progress(args),
             command=shlex.join(["voicescreen", *sys.argv[1:]]) if args.record_command else None,
+            screen=resolve_bundle(args.screen) if args.screen else None,
+            bands=_bands(args.bands),
         )
     except (BundleError, ProtocolError, FileNotFoundError, ValueError, RuntimeError) as e:
         return fail(str(e))
@@ -166,7 +168,25 @@ def cmd_eval(args: argparse.Namespace) -> int:
         f"{at}: bona fide accepted {100 * f.bonafide_accepted:.1f} %, spoofs "
         f"rejected {100 * f.spoof_rejected:.1f} %  -> {result.files['report']}"
     )
+    if result.cascade:
+        for b in result.cascade["bands"]:
+            print(
+                f"cascade {result.cascade['screen']['name']} > {args.bundle or 'default'}, band "
+                f"{b['band']:g}: expert on {100 * b['escalated']:.1f} % of windows, EER "
+                f"{100 * b['eer']:.2f} %, bona fide accepted {100 * b['bonafide_accepted']:.1f} "
+                f"%, spoofs rejected {100 * b['spoof_rejected']:.1f} %"
+            )
     return 0
+
+
+def _bands(spec: str) -> list[float]:
+    try:
+        bands = [float(b) for b in spec.split(",") if b.strip()]
+    except ValueError:
+        raise ValueError(f"--bands takes numbers, e.g. 0.5,1,2; got {spec!r}") from None
+    if not bands or any(not (b >= 0) for b in bands):
+        raise ValueError(f"--bands takes numbers >= 0, e.g. 0.5,1,2; got {spec!r}")
+    return bands
 
 
 def _channels(spec: str) -> list[str]:
@@ -297,6 +317,7 @@ def cmd_data_build(args: argparse.Namespace) -> int:
 def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     """Register ``train``, ``eval``, ``explain`` and ``data`` on the ``voicescreen`` parser."""
     from voicescreen.train.augment import CHANNELS, PRESETS
+    from voicescreen.train.evaluate import CASCADE_BANDS
     from voicescreen.train.recipes import RECIPES
 
     s = subparsers.add_parser(
@@ -411,6 +432,18 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument(
         "--asv-scores",
         help="ASVspoof 2019 ASV score file for the t-DCF (default: looked for beside the data)",
+    )
+    s.add_argument(
+        "--screen",
+        metavar="BUNDLE",
+        help="also score the windows with this cheaper bundle and report what `serve --screen` "
+        "would decide at each --bands (the expert running only where the screen is close)",
+    )
+    s.add_argument(
+        "--bands",
+        metavar="B[,B]",
+        default=",".join(f"{b:g}" for b in CASCADE_BANDS),
+        help="with --screen: the cascade bands to report, calibrated units (default: %(default)s)",
     )
     s.add_argument("--subset", type=int, help="score a seeded class-balanced subset only")
     s.add_argument(

@@ -217,6 +217,84 @@ def compute_figures(
     )
 
 
+# --- a cascade ---------------------------------------------------------------------------------
+
+CASCADE_BANDS = (0.5, 1.0, 2.0, 4.0)  # the bands ``eval --screen`` tries (calibrated units)
+
+
+def cascade_figures(
+    utts: Sequence[Utterance],
+    expert: np.ndarray,
+    screen: np.ndarray,
+    bands: Sequence[float],
+    channels: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """What ``serve --screen SCREEN --band B`` decides on these windows, for each band: the
+    screen's calibrated score where ``|screen| > B``, else the expert's (``stream.worker.Cascade``),
+    judged at 0 (each model's own calibration for the window's kind of audio). ``expert`` and
+    ``screen`` are calibrated scores, one per row of ``utts``; ``channels``, one per row, adds
+    each band's EER per channel. Each entry: EER, bona fide accepted and spoofs rejected at 0, and
+    ``escalated``, the share of windows the expert scored (its cost relative to running it on
+    every window); ``screen`` and ``expert`` alone, the same figures."""
+    labels = np.array([u.is_bonafide for u in utts])
+    expert = np.asarray(expert, dtype=np.float64)
+    screen = np.asarray(screen, dtype=np.float64)
+
+    def judge(cal: np.ndarray) -> dict[str, Any]:
+        accept = cal >= 0
+        out: dict[str, Any] = {
+            "eer": eer(cal[labels], cal[~labels])[0],
+            "bonafide_accepted": float(np.mean(accept[labels])),
+            "spoof_rejected": float(np.mean(~accept[~labels])),
+        }
+        if channels is not None:
+            ch = np.asarray(channels)
+            out["eer_per_channel"] = {
+                c: eer(cal[(ch == c) & labels], cal[(ch == c) & ~labels])[0]
+                for c in dict.fromkeys(channels)
+            }
+        return out
+
+    rows = []
+    for band in bands:
+        escalate = np.abs(screen) <= band
+        rows.append(
+            {
+                "band": float(band),
+                "escalated": float(np.mean(escalate)),
+                **judge(np.where(escalate, expert, screen)),
+            }
+        )
+    return {"screen_alone": judge(screen), "expert_alone": judge(expert), "bands": rows}
+
+
+def _cascade_lines(cascade: Mapping[str, Any], expert_name: str) -> list[str]:
+    screen = cascade["screen"]
+    lines = [
+        f"`{screen['name']}` ({screen['architecture']}) scores every window; `{expert_name}` "
+        "only those whose screen score lies within the band (calibrated units, 0 = each "
+        "model's threshold for the window's kind of audio), as `serve --screen` does. EER on "
+        "the calibrated scores the cascade would act on; rates at 0.",
+        "",
+        "| | windows the expert scores | EER | bona fide accepted | spoofs rejected |"
+        + "".join(f" EER {c} |" for c in cascade["expert_alone"].get("eer_per_channel", {})),
+        "|---|---|---|---|---|" + "---|" * len(cascade["expert_alone"].get("eer_per_channel", {})),
+    ]
+
+    def row(label: str, share: str, f: Mapping[str, Any]) -> str:
+        per = "".join(f" {_pct(v)} |" for v in f.get("eer_per_channel", {}).values())
+        return (
+            f"| {label} | {share} | {_pct(f['eer'])} | {_pct(f['bonafide_accepted'])} | "
+            f"{_pct(f['spoof_rejected'])} |{per}"
+        )
+
+    lines.append(row(f"`{expert_name}` alone", "100 %", cascade["expert_alone"]))
+    lines.append(row(f"`{screen['name']}` alone", "0 %", cascade["screen_alone"]))
+    for b in cascade["bands"]:
+        lines.append(row(f"cascade, band {b['band']:g}", _pct(b["escalated"]), b))
+    return lines
+
+
 # --- score files -------------------------------------------------------------------------------
 
 
@@ -422,6 +500,7 @@ class EvalResult:
     utts: list[Utterance]  # one per score: each clip once per channel scored
     files: dict[str, Path]
     groups: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    cascade: dict[str, Any] | None = None  # with a screen: ``cascade_figures`` and the screen
 
 
 def _pct(x: float | None) -> str:
@@ -447,6 +526,8 @@ def evaluate(
     by: Sequence[str] = (),
     folds: Sequence[Fold] | None = None,
     bootstrap: BootstrapOptions | None = None,
+    screen: str | Path | None = None,
+    bands: Sequence[float] = CASCADE_BANDS,
 ) -> EvalResult:
     """Score ``split`` of the corpus at ``data_root`` with a bundle and write the report.
 
@@ -456,7 +537,11 @@ def evaluate(
     fold); ``by`` names the groups reported, each with bootstrap intervals (``bootstrap``, seeded
     from ``seed`` by default): ``fold``, ``channel``, ``attack`` and the kinds of
     ``voicescreen.train.folds`` that the corpus knows (``family``, ``system``, ``language``,
-    ``package``, ``speaker``), plus ``recording`` (``sources.tsv``'s recording chain)."""
+    ``package``, ``speaker``), plus ``recording`` (``sources.tsv``'s recording chain).
+
+    ``screen``: a cheaper bundle put in front, as ``serve --screen``: the same windows are also
+    scored with it, and the report adds what the cascade would decide at each of ``bands``
+    (``cascade_figures``); the main figures stay the bundle's own."""
     from voicescreen.models.bundle import load_bundle
 
     grouped = bool(channels) or bool(by) or bool(folds)
@@ -474,6 +559,12 @@ def evaluate(
         _check_groups(by, sources, folds)
         codecs = {c: describe_channel(c) for c in channels}  # raises for a missing codec
     bundle = load_bundle(bundle_path)
+    screen_bundle = load_bundle(screen) if screen is not None else None
+    if screen_bundle is not None and screen_bundle.input_samples != bundle.input_samples:
+        raise ValueError(
+            f"a cascade's models take the same windows: {screen_bundle.name} takes "
+            f"{screen_bundle.input_samples} samples, {bundle.name} {bundle.input_samples}"
+        )
     if folds:
         utts = _held_out_parts(data_root, folds)
         split_name = "folds"
@@ -484,11 +575,23 @@ def evaluate(
         utts = sorted(balanced_subset(utts, subset, seed, per_attack), key=lambda u: u.file)
     progress = sys.stderr.isatty() if progress is None else progress
     runtime = open_runtime(bundle, backend, threads=threads)
+    screened: list[np.ndarray] = []  # the screen's raw scores of the same windows, in order
+    if screen_bundle is not None:
+        screen_runtime = open_runtime(screen_bundle, backend, threads=threads)
+
+        def score_fn(x: np.ndarray) -> np.ndarray:
+            screened.append(np.asarray(screen_runtime(x)[1], dtype=np.float64).reshape(-1))
+            return runtime(x)[1]
+    else:
+
+        def score_fn(x: np.ndarray) -> np.ndarray:
+            return runtime(x)[1]
+
     spec = bundle.score
     kinds: list[str] = []  # each window's kind of audio, whose calibration judges it
     per_channel = [
         score_utterances(
-            lambda x: runtime(x)[1],
+            score_fn,
             utts,
             bundle.input_samples,
             ch,
@@ -592,10 +695,29 @@ def evaluate(
             "unit": "clip, resampled within each class of a group (its channels with it)",
         }
         meta["groups"] = _groups(rows, scores, specs, row_channels, by, sources, folds, boot)
+    if screen_bundle is not None:
+        own = [s.calibrate(x) for (s, _), x in zip(specs, scores, strict=True)]
+        first = np.concatenate(screened)
+        theirs = [
+            screen_bundle.score.for_channel(k)[0].calibrate(x)
+            for k, x in zip(kinds, first, strict=True)
+        ]
+        meta["cascade"] = {
+            "screen": {
+                "name": screen_bundle.name,
+                "path": str(screen),
+                "architecture": screen_bundle.architecture,
+            },
+            **cascade_figures(
+                rows, np.array(own), np.array(theirs), bands, row_channels if grouped else None
+            ),
+        }
     files["metrics"].write_text(json.dumps(meta, indent=2) + "\n")
     files["report"].write_text(_report_markdown(meta, figures, bundle.card, files, command))
     log.info("wrote %s (EER %.2f %%)", files["report"], 100 * figures.eer)
-    return EvalResult(out, figures, scores, rows, files, meta.get("groups", {}))
+    return EvalResult(
+        out, figures, scores, rows, files, meta.get("groups", {}), meta.get("cascade")
+    )
 
 
 # --- grouped evaluation ------------------------------------------------------------------------
@@ -800,6 +922,8 @@ def _report_markdown(
             lines += ["", f"**Note on the t-DCF:** {f.tdcf_note}."]
     if "groups" in meta:
         lines += _grouped_markdown(meta)
+    if "cascade" in meta:
+        lines += ["", "## Cascade", "", *_cascade_lines(meta["cascade"], b["name"])]
     lines += [
         "",
         "## Plots",
