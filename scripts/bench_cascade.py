@@ -8,7 +8,10 @@ and its bona fide acceptance / spoof rejection at the calibrated threshold (0), 
 alone and the screen alone on the same windows, and the model arithmetic per window in units of
 the first expert path alone (from each model's measured windows/s here). Each clip's evaluation
 window (its first 64,600 samples, as ``voicescreen eval`` scores) goes through each channel the
-product expects (clean, 8 kHz mu-law, GSM then mu-law); rows are pooled over the channels.
+product expects (clean, 8 kHz mu-law, GSM then mu-law); rows are pooled over the channels, each
+window judged at its model's calibration for its kind of audio. The rule and its figures are
+``train.evaluate.cascade_figures``, which ``voicescreen eval --screen`` reports on any corpus
+(with groups and the eval report); this script adds each model's measured cost.
 
     python scripts/bench_cascade.py --expert models/default --screen runs/lcnn/bundle \\
         [--screen runs/gmm/bundle] [--data-root ../shared/data] [--split dev]
@@ -36,8 +39,7 @@ from voicescreen.models.bundle import load_bundle
 from voicescreen.models.store import portable_path, resolve_bundle
 from voicescreen.runtimes import open_runtime
 from voicescreen.train.data import load_split
-from voicescreen.train.evaluate import BATCH, score_utterances
-from voicescreen.train.metrics import eer, rates_at
+from voicescreen.train.evaluate import BATCH, cascade_figures, score_utterances
 
 log = logging.getLogger("bench_cascade")
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -69,18 +71,18 @@ def calibrated_scores(
 
     rows = []
     for ch in channels:
-        raw = score_utterances(score, utts, bundle.input_samples, ch)
-        rows.append(bundle.score.calibrate(raw))
+        kinds: list[str] = []  # each window judged at its kind of audio's calibration, as served
+        raw = score_utterances(score, utts, bundle.input_samples, ch, kinds=kinds)
+        rows.append(
+            [bundle.score.for_channel(k)[0].calibrate(x) for k, x in zip(kinds, raw, strict=True)]
+        )
         log.info("%s on %s: scored %d clips", bundle.name, ch, len(utts))
     name = bundle.name if fast_path == "plain" else f"{bundle.name} ({fast_path})"
-    return name, np.stack(rows), len(channels) * len(utts) / busy
+    return name, np.array(rows, dtype=np.float64), len(channels) * len(utts) / busy
 
 
-def figures(scores: np.ndarray, bona: np.ndarray) -> tuple[float, float, float]:
-    """EER, bona fide accepted and spoofs rejected at 0 of pooled calibrated scores."""
-    s, b = scores.reshape(-1), np.tile(bona, scores.shape[0])
-    rate = rates_at(s[b], s[~b], 0.0)
-    return eer(s[b], s[~b])[0], rate["bonafide_accepted"], rate["spoof_rejected"]
+def row(f: dict) -> str:
+    return f"{f['eer']:.1%} | {f['bonafide_accepted']:.1%} | {f['spoof_rejected']:.1%}"
 
 
 def main() -> int:
@@ -124,29 +126,28 @@ def main() -> int:
         f"arithmetic vs {experts[0][0]} alone |",
         "|---|---|---|---|---|---|---|",
     ]
+    windows = [u for _ in channels for u in utts]  # one per score, channel by channel
     unit = experts[0][2]  # windows/s of the first expert: every cost is in its windows
+    screens = [calibrated_scores(path, utts, channels) for path in args.screen]
     for expert_name, expert, expert_rate in experts:
-        e_eer, e_acc, e_rej = figures(expert, bona)
+        alone = cascade_figures(windows, expert.reshape(-1), expert.reshape(-1), [])
         lines.append(
-            f"| {expert_name} alone ({expert_rate:.1f} windows/s) | - | 100 % | {e_eer:.1%} | "
-            f"{e_acc:.1%} | {e_rej:.1%} | {unit / expert_rate:.2f} |"
+            f"| {expert_name} alone ({expert_rate:.1f} windows/s) | - | 100 % | "
+            f"{row(alone['expert_alone'])} | {unit / expert_rate:.2f} |"
         )
-    for path in args.screen:
-        name, screen, rate = calibrated_scores(path, utts, channels)
-        s_eer, s_acc, s_rej = figures(screen, bona)
+    for name, screen, rate in screens:
         cost = unit / rate
-        lines.append(
-            f"| {name} alone ({rate:.0f} windows/s) | - | 0 % | {s_eer:.1%} | {s_acc:.1%} | "
-            f"{s_rej:.1%} | {cost:.2f} |"
-        )
-        for expert_name, expert, expert_rate in experts:
-            for band in args.bands:
-                near = np.abs(screen) <= band
-                cascade = np.where(near, expert, screen)
-                c_eer, c_acc, c_rej = figures(cascade, bona)
+        for i, (expert_name, expert, expert_rate) in enumerate(experts):
+            got = cascade_figures(windows, expert.reshape(-1), screen.reshape(-1), args.bands)
+            if i == 0:
                 lines.append(
-                    f"| {name} > {expert_name} | {band:g} | {near.mean():.0%} | {c_eer:.1%} | "
-                    f"{c_acc:.1%} | {c_rej:.1%} | {cost + near.mean() * unit / expert_rate:.2f} |"
+                    f"| {name} alone ({rate:.0f} windows/s) | - | 0 % | "
+                    f"{row(got['screen_alone'])} | {cost:.2f} |"
+                )
+            for b in got["bands"]:
+                lines.append(
+                    f"| {name} > {expert_name} | {b['band']:g} | {b['escalated']:.0%} | {row(b)} "
+                    f"| {cost + b['escalated'] * unit / expert_rate:.2f} |"
                 )
     body = "\n".join(lines)
     command = command_line()
