@@ -13,13 +13,11 @@ import json
 import logging
 
 import httpx
-import numpy as np
 import pytest
 from test_web_errors import check_failed, check_refused, drain, good_stream
-from web_support import dev_clip, run, start_server, web_bundle
+from web_support import run, start_server, web_bundle
 from websockets.asyncio.client import connect
 
-from voicescreen.audio import load_audio
 from voicescreen.web.config import ServerConfig
 from voicescreen.web.streams import MAX_MODELS, quote
 from voicescreen.web.twilio import (
@@ -41,13 +39,6 @@ def server(export_aasist_l):
     server = start_server(ServerConfig(bundles=[web_bundle(export_aasist_l)]))
     yield server
     server.stop()
-
-
-@pytest.fixture(scope="module")
-def speech(data_dir) -> bytes:
-    """2.5 s of speech, PCM16 at 16 kHz."""
-    x = load_audio(dev_clip(data_dir, "bonafide", 4.0, 4.3))[:40000]
-    return np.round(x * 32767).astype("<i2").tobytes()
 
 
 class Lines(logging.Handler):

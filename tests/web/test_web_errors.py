@@ -14,7 +14,6 @@ from web_support import GUARD, dev_clip, parse_metrics, run, start_server, web_b
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from voicescreen.audio import load_audio
 from voicescreen.web.client import converse, mulaw_frames, twilio_messages
 from voicescreen.web.config import ServerConfig
 
@@ -37,13 +36,6 @@ def server(export_aasist_l):
     server = start_server(config)
     yield server
     server.stop()
-
-
-@pytest.fixture(scope="module")
-def speech(data_dir) -> bytes:
-    """2.5 s of speech, PCM16 at 16 kHz."""
-    x = load_audio(dev_clip(data_dir, "bonafide", 4.0, 4.3))[:40000]
-    return np.round(x * 32767).astype("<i2").tobytes()
 
 
 async def open_stream(server, start=None, headers=AUTH, path="/v1/stream", **kwargs):
