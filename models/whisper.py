@@ -5,6 +5,8 @@ GELU -> (B, ceil(F / 2), 384) + sinusoidal positions -> 4 pre-LayerNorm transfor
 MLP 1536) -> LayerNorm = the encoder's frames (B, frames, 384). The detector takes the hidden
 states of ``layers`` (B, L, frames, 384), layer-normalised, as a learned weighted sum ->
 attentive statistics pooling (B, 768) -> BatchNorm -> MLP -> logits (B, 2), index 1 = bona fide.
+With ``tuned_blocks = k`` the top k blocks under the highest layer are trained as well, starting
+from their pretrained weights (the rest of the encoder stays frozen and is what training caches).
 (Standardising the pooled statistics per dimension, rather than per window with a LayerNorm, is
 what made the small back-end separate the spoofs of ../shared/data.)
 
@@ -31,6 +33,7 @@ graph holds them as constants.
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import logging
@@ -86,6 +89,11 @@ class WhisperPoolConfig:
     # its final LayerNorm). Blocks above the highest are not run. A linear probe on each one
     # separated the spoofs of ../shared/data best with the first block's output.
     layers: tuple[int, ...] = (1,)
+    # The top this-many encoder blocks below the highest layer are trained too, fine-tuned from
+    # the pretrained weights (and saved in the bundle, with the final LayerNorm when the
+    # highest layer is the encoder's output); the stem and the blocks under them stay frozen,
+    # and what they compute is what training caches. 0: the whole encoder stays frozen.
+    tuned_blocks: int = 0
     pool_hidden: int = 128  # attention units of the statistics pooling
     hidden: int = 128  # units of the MLP
     dropout: float = 0.2  # before the MLP's output layer
@@ -101,7 +109,24 @@ class WhisperPoolConfig:
         n = ENCODERS[config.encoder].n_layer
         if not config.layers or not 0 <= config.layers[0] <= config.layers[-1] <= n:
             raise ValueError(f"layers must be among 0 .. {n}, got {list(config.layers)}")
+        if not 0 <= config.tuned_blocks <= config.layers[-1]:
+            raise ValueError(
+                f"tuned_blocks must be between 0 and the highest layer ({config.layers[-1]}), "
+                f"got {config.tuned_blocks}"
+            )
         return config
+
+    @property
+    def frozen_top(self) -> int:
+        """The highest hidden state the frozen part computes (the tuned blocks start there)."""
+        return self.layers[-1] - self.tuned_blocks
+
+    @property
+    def cached_states(self) -> tuple[int, ...]:
+        """The frozen hidden states the back-end reads: the layers up to ``frozen_top`` and
+        ``frozen_top`` itself (the tuned blocks' input)."""
+        top = self.frozen_top
+        return tuple(sorted({i for i in self.layers if i <= top} | {top}))
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "layers": list(self.layers)}
@@ -496,8 +521,9 @@ class StatsNorm(nn.BatchNorm1d):
 
 
 class WhisperPool(nn.Module):
-    """The frozen Whisper encoder and a trained back-end; ``frozen_features`` and
-    ``head_logits`` split it for training on cached encoder frames (``train/frozen.py``)."""
+    """The frozen Whisper encoder and a trained back-end (with the top ``tuned_blocks`` of the
+    encoder's blocks, fine-tuned); ``frozen_features`` and ``head_logits`` split it for training
+    on cached encoder frames (``train/frozen.py``)."""
 
     def __init__(self, config: Mapping[str, Any] | WhisperPoolConfig) -> None:
         super().__init__()
@@ -508,6 +534,16 @@ class WhisperPool(nn.Module):
         dims = ENCODERS[cfg.encoder]
         self.mel = LogMel(dims.n_mels)
         encoder, self.pretrained = pretrained_encoder(cfg.encoder)
+        top = cfg.layers[-1]
+        # Trained copies of the tuned blocks (hidden states frozen_top + 1 .. top) and, when
+        # the top is the encoder's output, of its final LayerNorm; the frozen encoder keeps
+        # its own (unused above frozen_top).
+        self.tuned = nn.ModuleList(
+            [copy.deepcopy(encoder.blocks[i]) for i in range(cfg.frozen_top, top)]
+        )
+        self.tuned_ln = (
+            copy.deepcopy(encoder.ln_post) if cfg.tuned_blocks and top == dims.n_layer else None
+        )
         self.encoder = freeze_as_buffers(encoder)
         self.layers, self.d_model = cfg.layers, dims.d_model
         self.layer_weights = nn.Parameter(torch.zeros(len(cfg.layers)))
@@ -521,13 +557,22 @@ class WhisperPool(nn.Module):
         )
 
     def frozen_features(self, x: Tensor) -> Tensor:
-        """(B, T) waveform -> (B, len(layers), frames, d_model): the frozen encoder's hidden
-        states that the back-end weighs."""
-        states = self.encoder.hidden_states(self.mel(x), max(self.layers))
-        return torch.stack([states[i] for i in self.layers], dim=1)
+        """(B, T) waveform -> (B, len(cached_states), frames, d_model): the frozen encoder's
+        hidden states that the back-end reads (with no tuned blocks: the layers it weighs)."""
+        states = self.encoder.hidden_states(self.mel(x), self.config.frozen_top)
+        return torch.stack([states[i] for i in self.config.cached_states], dim=1)
 
     def head_logits(self, features: Tensor) -> Tensor:
-        """(B, len(layers), frames, d_model) hidden states -> (B, 2) logits."""
+        """(B, len(cached_states), frames, d_model) frozen hidden states -> (B, 2) logits."""
+        cfg = self.config
+        if self.tuned:
+            states = dict(zip(cfg.cached_states, features.unbind(dim=1), strict=True))
+            h = states[cfg.frozen_top]
+            for i, block in enumerate(self.tuned, start=cfg.frozen_top + 1):
+                h = states[i] = block(h)
+            if self.tuned_ln is not None:
+                states[cfg.layers[-1]] = self.tuned_ln(h)
+            features = torch.stack([states[i] for i in self.layers], dim=1)
         h = F.layer_norm(features, (self.d_model,))
         w = torch.softmax(self.layer_weights, dim=0).view(1, -1, 1, 1)
         return self.head(self.pool((w * h).sum(dim=1)))

@@ -175,12 +175,57 @@ def test_a_4s_window_runs_and_only_the_back_end_trains(extra, speech_clips):
     assert model.pretrained["sha256"] and model.pretrained["encoder"] == "whisper tiny.en"
 
 
+def test_tuned_blocks_start_from_the_pretrained_ones_and_are_saved(extra, speech_clips):
+    """With ``tuned_blocks`` the frozen part stops below them (training caches less), the
+    tuned copies begin as the pretrained blocks (so the untrained model computes the same
+    hidden states), and they, not the frozen encoder, are trained and saved."""
+    arch = get_architecture("whisper-tiny-pool")
+    x = torch.from_numpy(_speech(speech_clips, WINDOW_SAMPLES))
+    torch.manual_seed(0)
+    frozen = arch.build({"layers": [1, 4]})
+    torch.manual_seed(0)
+    tuned = arch.build({"layers": [1, 4], "tuned_blocks": 2})
+    assert tuned.config.frozen_top == 2 and tuned.config.cached_states == (1, 2)
+    with torch.inference_mode():
+        cached = tuned.frozen_features(x)
+        states = tuned.encoder.hidden_states(tuned.mel(x))
+        assert cached.shape == (len(x), 2, 202, 384)
+        assert torch.equal(cached[:, 0], states[1]) and torch.equal(cached[:, 1], states[2])
+        # same back-end weights, same pretrained blocks: the same logits, up to kernel order
+        torch.testing.assert_close(tuned(x), frozen(x), atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(tuned.head_logits(cached), tuned(x))
+    state = tuned.state_dict()
+    assert {k.split(".")[1] for k in state if k.startswith("tuned.")} == {"0", "1"}
+    assert "tuned_ln.weight" in state and not any(k.startswith("encoder.") for k in state)
+    trained = sum(p.numel() for p in tuned.parameters())
+    assert trained - sum(p.numel() for p in frozen.parameters()) > 2 * 1_700_000  # two blocks
+
+    # a step moves the tuned block, never the frozen encoder
+    before = tuned.encoder.blocks[3].mlp[0].weight.clone()
+    tuned.train()
+    loss = tuned.head_logits(cached.clone()).sum()
+    loss.backward()
+    assert tuned.tuned[1].mlp[0].weight.grad.abs().sum() > 0
+    assert torch.equal(tuned.encoder.blocks[3].mlp[0].weight, before)
+
+    # a bundle's weights load back into a fresh model
+    fresh = arch.build({"layers": [1, 4], "tuned_blocks": 2})
+    fresh.load_state_dict(state, strict=True)
+
+
 def test_config_layers_are_checked_and_normalised():
     assert W.WhisperPoolConfig.from_dict({"layers": [2, 0, 2]}).layers == (0, 2)
     assert W.CONFIGS["whisper-tiny-pool"]["layers"] == [1]
     for bad in ([], [5], [-1]):
         with pytest.raises(ValueError, match="layers must be among 0 .. 4"):
             W.WhisperPoolConfig.from_dict({"layers": bad})
+    for layers, tuned in (([1], 2), ([0], 1), ([2], -1)):
+        with pytest.raises(ValueError, match="tuned_blocks must be between 0 and"):
+            W.WhisperPoolConfig.from_dict({"layers": layers, "tuned_blocks": tuned})
+    assert W.WhisperPoolConfig.from_dict({"layers": [0, 3], "tuned_blocks": 1}).cached_states == (
+        0,
+        2,
+    )
 
 
 def test_without_the_extra_building_and_loading_say_how_to_install(monkeypatch, tmp_path):
@@ -207,8 +252,9 @@ def test_without_the_extra_building_and_loading_say_how_to_install(monkeypatch, 
 
 
 def test_train_export_and_score(extra, small_corpus, tmp_path, monkeypatch):
-    """One epoch on cached hidden states (two layers, one clean copy per clip), exported with
-    the extra named in its card, then `voicescreen score` on a file through the ONNX graph."""
+    """One epoch on cached hidden states (two layers, the upper one through a fine-tuned
+    block; one clean copy per clip), exported with the extra named in its card, then
+    `voicescreen score` on a file through the ONNX graph."""
     from voicescreen.train.data import load_split
     from voicescreen.train.recipes import load_recipe
     from voicescreen.train.trainer import train
@@ -220,7 +266,7 @@ def test_train_export_and_score(extra, small_corpus, tmp_path, monkeypatch):
             "batch_size": 4,
             "feature_copies": 1,
             "threads": 2,
-            "model": {"layers": [2, 0]},
+            "model": {"layers": [2, 0], "tuned_blocks": 1},
         },
     )
     result = train(recipe, small_corpus, tmp_path / "run", export=tmp_path / "b", progress=False)
@@ -231,6 +277,9 @@ def test_train_export_and_score(extra, small_corpus, tmp_path, monkeypatch):
 
     bundle = load_bundle(result.bundle)
     assert bundle.card["requires"] == ["whisper"] and bundle.card["config"]["layers"] == [0, 2]
+    assert bundle.card["config"]["tuned_blocks"] == 1
+    pretrained = result.model.encoder.blocks[1].mlp[0].weight
+    assert not torch.equal(result.model.tuned[0].mlp[0].weight, pretrained)  # it trained
     assert bundle.card["pretrained"]["sha256"] == result.model.pretrained["sha256"]
     x = _speech_from(load_split(small_corpus, "eval")[:2])
     with torch.inference_mode():
