@@ -437,7 +437,8 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
         "--screen",
         metavar="BUNDLE",
         help="also score the windows with this cheaper bundle and report what `serve --screen` "
-        "would decide at each --bands (the expert running only where the screen is close)",
+        "would decide at each --bands (the expert running only where the screen is close); "
+        "scores.csv gains its scores (screen_score, screen_calibrated)",
     )
     s.add_argument(
         "--bands",

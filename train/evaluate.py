@@ -326,16 +326,25 @@ def write_csv(
     scores: np.ndarray,
     specs: Sequence[tuple[ScoreSpec, str]],
     channels: Sequence[str] | None = None,
+    columns: Mapping[str, Sequence[float]] | None = None,
 ) -> None:
     """Scores, calibrated by each clip's calibration (``specs``: a spec and its name per clip);
-    ``channels`` (one per row) adds a ``channel`` column."""
+    ``channels`` (one per row) adds a ``channel`` column, ``columns`` more numeric ones (name
+    -> one value per row)."""
+    columns = dict(columns or {})
+    extra = [[c] for c in channels] if channels is not None else [[] for _ in utts]
+    for name, values in columns.items():
+        if len(values) != len(utts):
+            raise ValueError(f"column {name}: {len(values)} values for {len(utts)} rows")
+        for row, v in zip(extra, values, strict=True):
+            row.append(f"{float(v):.9g}")
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(
             ["file", "speaker", "attack", "label", "score", "calibrated", "decision", "calibration"]
             + (["channel"] if channels is not None else [])
+            + list(columns)
         )
-        extra = [[c] for c in channels] if channels is not None else [[] for _ in utts]
         for u, s, (spec, name), more in zip(utts, scores, specs, extra, strict=True):
             cal = float(spec.calibrate(float(s)))
             w.writerow(
@@ -636,7 +645,17 @@ def evaluate(
     }
     write_score_file(files["scores"], rows, scores)
     row_channels = [ch for ch in channels for _ in utts]
-    write_csv(files["csv"], rows, scores, specs, row_channels if grouped else None)
+    screen_columns = {}
+    if screen_bundle is not None:  # the screen's scores of the same windows, at its calibration
+        first = np.concatenate(screened)
+        theirs = np.array(
+            [
+                screen_bundle.score.for_channel(k)[0].calibrate(x)
+                for k, x in zip(kinds, first, strict=True)
+            ]
+        )
+        screen_columns = {"screen_score": first, "screen_calibrated": theirs}
+    write_csv(files["csv"], rows, scores, specs, row_channels if grouped else None, screen_columns)
     title = f"{bundle.name} on {split_name} ({', '.join(channels)})"
     most = Counter(name for _, name in specs).most_common(1)[0][0]
     plot_histograms(files["hist"], rows, scores, spec.for_channel(most)[0].threshold, title)
@@ -697,11 +716,6 @@ def evaluate(
         meta["groups"] = _groups(rows, scores, specs, row_channels, by, sources, folds, boot)
     if screen_bundle is not None:
         own = [s.calibrate(x) for (s, _), x in zip(specs, scores, strict=True)]
-        first = np.concatenate(screened)
-        theirs = [
-            screen_bundle.score.for_channel(k)[0].calibrate(x)
-            for k, x in zip(kinds, first, strict=True)
-        ]
         meta["cascade"] = {
             "screen": {
                 "name": screen_bundle.name,
@@ -709,7 +723,7 @@ def evaluate(
                 "architecture": screen_bundle.architecture,
             },
             **cascade_figures(
-                rows, np.array(own), np.array(theirs), bands, row_channels if grouped else None
+                rows, np.array(own), theirs, bands, row_channels if grouped else None
             ),
         }
     files["metrics"].write_text(json.dumps(meta, indent=2) + "\n")

@@ -4,6 +4,7 @@ two real bundles."""
 
 from __future__ import annotations
 
+import csv
 import json
 import subprocess
 import sys
@@ -107,6 +108,14 @@ def test_eval_with_a_screen_reports_each_band_from_the_command_line(
     assert set(middle["eer_per_channel"]) == set(CHANNELS)
     report = (out / "report.md").read_text()
     assert "## Cascade" in report and f"cascade, band {band:g}" in report
+    with open(out / "scores.csv", newline="") as f:  # both models' scores, window by window
+        table = list(csv.DictReader(f))
+    assert [r["channel"] for r in table] == [c for c in CHANNELS for _ in utts]
+    got = np.array([float(r["screen_calibrated"]) for r in table])
+    np.testing.assert_allclose(got, screen, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(
+        [float(r["calibrated"]) for r in table], expert, rtol=1e-6, atol=1e-6
+    )
 
 
 def test_eval_refuses_bad_bands(gmm_bundle, small_corpus, tmp_path):
