@@ -8,6 +8,7 @@ import csv
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,9 +18,11 @@ from voicescreen.runtimes import open_runtime
 from voicescreen.train.calibrate import score_channels
 from voicescreen.train.data import Utterance, load_split
 from voicescreen.train.evaluate import cascade_figures
+from voicescreen.train.fusion import cross_fitted
 from voicescreen.train.metrics import eer
 
 CHANNELS = ("clean", "mulaw")
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _utts(labels: list[bool]) -> list[Utterance]:
@@ -116,6 +119,19 @@ def test_eval_with_a_screen_reports_each_band_from_the_command_line(
     np.testing.assert_allclose(
         [float(r["calibrated"]) for r in table], expert, rtol=1e-6, atol=1e-6
     )
+
+    # scripts/fusion_from_scores.py fits voicescreen fuse's regression on those columns
+    raw = np.array([[float(r["score"]), float(r["screen_score"])] for r in table])
+    fused = cross_fitted(
+        raw, labels, np.array([f"{out / 'scores.csv'}:{r['file']}" for r in table])
+    )
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "fusion_from_scores.py"), str(out / "scores.csv")],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    (row,) = [x for x in proc.stdout.splitlines() if x.startswith("| fusion |")]
+    assert row.split("|")[2].strip() == f"{100 * eer(fused[labels], fused[~labels])[0]:.1f} %"
 
 
 def test_eval_refuses_bad_bands(gmm_bundle, small_corpus, tmp_path):
