@@ -105,7 +105,7 @@ def features(
     return x, y, ch
 
 
-def probe_eer(xtr, ytr, xdev, ydev, c: float) -> np.ndarray:
+def probe_scores(xtr, ytr, xdev, ydev, c: float) -> np.ndarray:
     """Dev scores of a standardised L2 logistic regression fitted on train."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
@@ -147,7 +147,7 @@ def main() -> None:
         print("|---|---|" + "---|" * len(channels))
         for j, name in enumerate(names):
             sel = slice(None) if j == n_states else j
-            s = probe_eer(
+            s = probe_scores(
                 xtr[:, sel].reshape(len(xtr), -1),
                 ytr,
                 xdev[:, sel].reshape(len(xdev), -1),
