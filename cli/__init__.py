@@ -149,7 +149,8 @@ def plan_bundles(
             ", encoder reuse" if plan.reuse else "",
             plan.why,
         )
-        if plan.fast_path == "bf16":  # the one start-up path that takes long: say so now
+        bf16 = any(p.fast_path == "bf16" for p in (plan, *plan.members))
+        if bf16:  # the one start-up path that takes long: say so now
             print(
                 f"voicescreen {command}: {bundle.name}: compiling the bf16 encoder first (20-60 "
                 "s, seconds once cached; --fast-path exact starts at once); chosen: "

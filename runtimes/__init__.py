@@ -14,6 +14,7 @@ they run, one module each::
     bf16    the ``bf16`` fast path: AASIST's encoder in bfloat16, compiled by torch inductor
     int8    the int8 graph of an int8 bundle (its calibration: ``train.quantize``)
     reuse   encoder reuse across a stream's overlapping windows (IncrementalRuntime, Job)
+    members a fusion served member by member, each on its own plan (MemberRuntime)
     remote  what remote runtimes share: BackendError and the Ray and Triton options
     ray     Ray Serve replicas            triton  a Triton Inference Server, and its repository
 
@@ -97,7 +98,14 @@ def open_runtime(bundle: Bundle, backend: str = "onnx", **options: Any) -> Runti
         options.setdefault("reuse", bundle.plan.reuse)
         options.pop("device" if backend == "onnx" else "providers", None)
     options.setdefault("fast_path", bundle.fast_path)
-    runtime = _open_local(bundle, backend, **options)
+    if bundle.plan is not None and bundle.plan.members and options.get("reuse"):
+        from voicescreen.runtimes.members import MemberRuntime
+
+        for key in ("reuse", "fast_path", "device"):
+            options.pop(key, None)
+        runtime = MemberRuntime(bundle, bundle.plan.members, **options)
+    else:
+        runtime = _open_local(bundle, backend, **options)
     runtime.why = bundle.plan.why if bundle.plan is not None else None
     if getattr(runtime, "score_parts", None) is not None:  # a fusion names its members
         runtime.part_names = tuple(str(m["name"]) for m in bundle.config.get("members", ()))

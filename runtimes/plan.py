@@ -107,11 +107,15 @@ class RuntimePlan:
     reuse: bool = False
     why: str = ""
     forced: bool = False
+    # A fusion served member by member (``runtimes.members``): each member's own plan.
+    members: tuple[RuntimePlan, ...] = ()
 
     def for_files(self) -> RuntimePlan:
         """The plan for scoring whole files beside the streams (``POST /v1/score``): no reuse,
         and the exact graph instead of a chosen bf16 path (its minute of compiling pays for
-        streams, not for an upload)."""
+        streams, not for an upload); a fusion: its own graph."""
+        if self.members:
+            return RuntimePlan("onnx", None, False, "whole files: the fusion's graph")
         if self.fast_path == "bf16" and not self.forced:
             return RuntimePlan("onnx", "exact", False, "whole files: the exact ONNX graph")
         return replace(self, reuse=False)
@@ -135,7 +139,9 @@ def plan_runtime(
     Chosen for architectures with both fast paths and encoder reuse (the AASIST family, fp32
     bundles) on the CPU: encoder reuse for streams, on the bf16 encoder where the CPU has AVX-512
     BF16 or AMX (lossy within the bf16 bound, about 2x; never when ``--backend onnx`` or
-    ``--fast-path exact`` asks otherwise), else on ONNX Runtime's exact graph rewrite. On a GPU,
+    ``--fast-path exact`` asks otherwise), else on ONNX Runtime's exact graph rewrite. A fusion
+    with such a member, for streams on the CPU: each member on its own plan (``members``,
+    ``runtimes.members``), unless a fast path is forced or reuse is turned off. On a GPU,
     and for other architectures and int8 bundles: the bundle's own ONNX graph, batched. Raises
     ``FastPathError`` for a combination that cannot run (``--fast-path exact --backend torch``,
     a fast path on an LCNN, ...)."""
@@ -145,6 +151,12 @@ def plan_runtime(
     gpu = backend != "torch" and wants_gpu(providers)
     why: list[str] = []
     forced = fast_path not in (AUTO, None)
+    if arch.name == "fusion" and streams and not gpu and reuse is not False:
+        members = plan_members(
+            bundle, backend=backend, fast_path=fast_path, providers=providers, cpu=cpu
+        )
+        if members is not None:
+            return members
     if forced:
         chosen = None if fast_path == NO_FAST_PATH else fast_path
         if chosen is not None:
@@ -193,17 +205,58 @@ def plan_runtime(
     return RuntimePlan(runs_on, chosen, reused, "; ".join(why), forced)
 
 
+def plan_members(
+    bundle: Bundle,
+    *,
+    backend: str,
+    fast_path: str | None,
+    providers: Sequence[str] | str | None,
+    cpu: CpuInfo,
+) -> RuntimePlan | None:
+    """A fusion's plan for streams: each member planned as if served alone (a forced fast path
+    goes to the members it applies to), when one of them reuses its encoder (else None: the
+    fusion's own graph is as fast, and one run)."""
+    from voicescreen.runtimes.members import member_bundles
+
+    if backend not in (AUTO, "onnx"):
+        return None
+    members = member_bundles(bundle)
+    plans = []
+    for m in members:
+        own = fast_path in (AUTO, None, NO_FAST_PATH) or fast_path in capabilities(m).fast_paths
+        plans.append(
+            plan_runtime(
+                m,
+                backend=backend,
+                fast_path=fast_path if own else AUTO,
+                providers=providers,
+                cpu=cpu,
+                streams=True,
+            )
+        )
+    if not any(p.reuse for p in plans):
+        return None
+    why = "a fusion, member by member: " + "; ".join(
+        f"{m.name}: {p.why}" for m, p in zip(members, plans, strict=True)
+    )
+    return RuntimePlan("onnx", None, True, why, members=tuple(plans))
+
+
 def describe(runtime: Any) -> dict[str, Any]:
     """Where a runtime (local or remote) runs, for logs and ``/v1/models``: backend, providers,
     fast path (``exact``, ``bf16``, ``int8`` or None), encoder reuse, and why it was chosen
     (``RuntimePlan.why``; None for a runtime made without a plan)."""
-    return {
+    out = {
         "backend": getattr(runtime, "backend", "?"),
         "providers": list(getattr(runtime, "providers", [])),
         "fast_path": getattr(runtime, "fast_path", None),
         "reuse": bool(getattr(runtime, "reuse", False)),
         "why": getattr(runtime, "why", None),
     }
+    members = getattr(runtime, "describe_members", None)
+    if members is not None:  # a fusion served member by member
+        out["members"] = members()
+    return out
 
 
 def describe_text(runtime: Any) -> str:

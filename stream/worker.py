@@ -229,7 +229,7 @@ class InferenceWorker:
         # A fusion's runtime scores its members too (``score_parts``) and names them.
         self._score_parts = getattr(runtime, "score_parts", None)
         names = tuple(getattr(runtime, "part_names", None) or ())
-        self._part_names = names if self._score_parts is not None and not self.takes_jobs else ()
+        self._part_names = names if self._score_parts is not None else ()
         self._specs: dict[str | None, tuple[ScoreSpec, str]] = {}
         # one queue per stream (None: windows submitted without one), in round-robin order,
         # and the client each queued stream belongs to (itself, when none was given)

@@ -12,11 +12,19 @@ tests, another backend (``VOICESCREEN_TEST_BACKEND=ray pytest tests/web/test_web
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
-from dataclasses import replace
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import httpx
 import soundfile as sf
 
 from voicescreen.models.bundle import Bundle
@@ -58,6 +66,63 @@ def dev_clip(data_dir: Path, label: str, low: float, high: float, index: int = 0
     ]
     assert len(found) > index, f"need {index + 1} dev {label} clips of {low}-{high} s"
     return found[index]
+
+
+@dataclass
+class ServeProcess:
+    """A ``voicescreen serve`` process (``serve_process``): its port, ``/v1/models`` once it
+    answered, and what it has written to stderr so far (complete after it stopped)."""
+
+    port: int
+    models: dict
+    log_lines: list[str] = field(default_factory=list)
+
+    def url(self, path: str, scheme: str = "http") -> str:
+        return f"{scheme}://127.0.0.1:{self.port}{path}"
+
+    @property
+    def log(self) -> str:
+        return "".join(self.log_lines)
+
+
+@contextlib.contextmanager
+def serve_process(
+    args: list[str], env: dict[str, str] | None = None, guard: float = GUARD
+) -> Iterator[ServeProcess]:
+    """``voicescreen serve ARGS --port P`` on a free loopback port, waited for as long as its
+    start-up takes (a compile can take minutes on a slow CPU), provided it keeps saying what it
+    is doing: ``guard`` seconds without a new log line fail. Stopped on leaving."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "voicescreen", "serve", *args, "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
+    proc = ServeProcess(port, {})
+    reader = threading.Thread(target=lambda: proc.log_lines.extend(server.stderr), daemon=True)
+    reader.start()
+    try:
+        heard, quiet_since = 0, time.monotonic()
+        while True:
+            assert server.poll() is None, proc.log
+            if len(proc.log_lines) > heard:
+                heard, quiet_since = len(proc.log_lines), time.monotonic()
+            silent = time.monotonic() - quiet_since
+            assert silent < guard, f"the server said nothing for {silent:.0f} s: {proc.log_lines}"
+            try:
+                proc.models = httpx.get(proc.url("/v1/models")).json()
+                break
+            except httpx.TransportError:
+                time.sleep(0.5)
+        yield proc
+    finally:
+        server.terminate()
+        server.wait(timeout=guard)
+        reader.join(timeout=guard)
 
 
 def start_server(config: ServerConfig) -> BackgroundServer:

@@ -7,17 +7,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
-from web_support import dev_clip, run, web_bundle
+from web_support import dev_clip, run, serve_process, web_bundle
 
 from voicescreen.audio import load_audio, pad_repeat
 from voicescreen.models.bundle import Bundle, BundleError, load_bundle
@@ -140,38 +136,10 @@ def test_serve_runtime_options_score_a_stream(bundle, clip, flags, env, want):
         want = (fast_path, True, because)
     fast_path, reuse, because = want
     hop = GRID_HOP if reuse else 1.0
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     # The clip goes in faster than real time: no latency budget, so a busy machine sheds nothing.
-    args = ["serve", "--bundle", str(bundle.source), "--port", str(port), "--max-delay-ms", "0"]
-    args += flags
-    server = subprocess.Popen(
-        [*VOICESCREEN, *args],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, **env},
-    )
-    log_lines: list[str] = []
-    reader = threading.Thread(target=lambda: log_lines.extend(server.stderr), daemon=True)
-    reader.start()
-    try:
-        # As long as start-up takes (a compile can take minutes on a slow CPU), provided the
-        # server keeps saying what it is doing: GUARD seconds without a new log line fail.
-        heard, quiet_since = 0, time.monotonic()
-        while True:
-            assert server.poll() is None, "".join(log_lines)
-            if len(log_lines) > heard:
-                heard, quiet_since = len(log_lines), time.monotonic()
-            silent = time.monotonic() - quiet_since
-            assert silent < GUARD, f"the server said nothing for {silent:.0f} s: {log_lines}"
-            try:
-                models = httpx.get(f"http://127.0.0.1:{port}/v1/models").json()
-                break
-            except httpx.TransportError:
-                time.sleep(0.5)
-        (model,) = models["models"]
+    args = ["--bundle", str(bundle.source), "--max-delay-ms", "0", *flags]
+    with serve_process(args, env, GUARD) as server:
+        (model,) = server.models["models"]
         bf16 = fast_path == "bf16"
         runtime = model["runtime"]
         assert because in runtime.pop("why")
@@ -181,13 +149,8 @@ def test_serve_runtime_options_score_a_stream(bundle, clip, flags, env, want):
             "fast_path": fast_path,
             "reuse": reuse,
         }
-        url = f"ws://127.0.0.1:{port}/v1/stream"
-        result = run(converse(url, pcm_messages(clip), realtime=False))
-    finally:
-        server.terminate()
-        server.wait(timeout=GUARD)
-        reader.join(timeout=GUARD)
-    log = "".join(log_lines)
+        result = run(converse(server.url("/v1/stream", "ws"), pcm_messages(clip), realtime=False))
+    log = server.log
     # the start-up log names the path of each model, and why it was chosen
     assert (f"fast path {fast_path}" in log) if fast_path else ("fast path" not in log)
     assert because in log.split("chosen: ", 1)[-1]
