@@ -13,19 +13,24 @@ folds). One window flows through every member, then through the regression:
 so the worker serves a fusion as one model: each member runs on the whole batch of windows from
 every stream, and the card's calibration (pooled and per channel) applies to the fused score as
 to any other. Its graph has a third output, ``parts`` (B, K): the members' raw scores, which
-a caller may ask for (``forward_parts``).
+a caller may ask for (``forward_parts``). ``member_bundles`` gives the members as bundles of their
+own, for serving them one by one (``runtimes/members.py``: an AASIST member keeps encoder reuse).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
 from voicescreen.audio import WINDOW_SAMPLES
+
+if TYPE_CHECKING:
+    from voicescreen.models.bundle import Bundle
 
 ARCHITECTURE = "fusion"
 
@@ -167,3 +172,34 @@ def get_nb_samp(members: Sequence[Member]) -> int:
     if not members:
         return WINDOW_SAMPLES
     return get_architecture(members[0].architecture).input_samples(members[0].config)
+
+
+def member_bundles(bundle: Bundle) -> list[Bundle]:
+    """A fusion bundle's members as bundles in memory: name, architecture, config and weights
+    from the fusion's card and weights, their raw score (threshold 0, scale 1: the regression
+    calibrates), and no ``model.onnx`` (``runtimes.members.with_graph`` adds one)."""
+    from safetensors.torch import save
+
+    from voicescreen.models.bundle import WEIGHTS_FILE, Bundle
+    from voicescreen.models.registry import get_architecture
+
+    config = FusionConfig.from_dict(bundle.config)
+    state = bundle.state_dict()
+    members = []
+    for i, member in enumerate(config.members):
+        arch = get_architecture(member.architecture)
+        prefix = f"members.{i}."
+        weights = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+        card = {
+            "name": member.name,
+            "architecture": member.architecture,
+            "config": member.config,
+            "sample_rate": bundle.sample_rate,
+            "input_samples": arch.input_samples(member.config),
+            "score": {"convention": arch.score, "threshold": 0.0, "scale": 1.0},
+        }
+        if arch.requires and bundle.card.get("pretrained"):
+            card["pretrained"] = bundle.card["pretrained"]
+        source = Path(bundle.source) / f"members.{i}"
+        members.append(Bundle(source, card, {WEIGHTS_FILE: save(weights)}))
+    return members

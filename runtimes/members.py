@@ -16,9 +16,9 @@ The fused score is the fusion graph's, to float rounding on the exact path (the 
 them) and within the bf16 bound where a member runs in bf16. Whole files (``POST /v1/score``,
 ``voicescreen score``) keep the fusion's graph: with nothing to reuse, one graph is as fast.
 
-Members come out of the fusion's files (``member_bundles``): each is a ``Bundle`` in memory with
-its slice of the weights and, where a runtime needs one (no reuse), an ONNX graph exported at
-start-up from those weights (seconds; logged).
+Members come out of the fusion's files (``models.fusion.member_bundles``): each is a ``Bundle``
+in memory with its slice of the weights and, where a runtime needs one (no reuse), an ONNX graph
+exported at start-up from those weights (seconds; logged).
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -41,38 +40,6 @@ if TYPE_CHECKING:
     from voicescreen.runtimes.reuse import Job
 
 log = logging.getLogger(__name__)
-
-
-def member_bundles(bundle: Bundle) -> list[Bundle]:
-    """A fusion bundle's members as bundles in memory: name, architecture, config and weights
-    from the fusion's card and weights, their raw score (threshold 0, scale 1: the regression
-    calibrates), and no ``model.onnx`` yet (``with_graph`` adds one)."""
-    from safetensors.torch import save
-
-    from voicescreen.models.bundle import WEIGHTS_FILE, Bundle
-    from voicescreen.models.fusion import FusionConfig
-    from voicescreen.models.registry import get_architecture
-
-    config = FusionConfig.from_dict(bundle.config)
-    state = bundle.state_dict()
-    members = []
-    for i, member in enumerate(config.members):
-        arch = get_architecture(member.architecture)
-        prefix = f"members.{i}."
-        weights = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-        card = {
-            "name": member.name,
-            "architecture": member.architecture,
-            "config": member.config,
-            "sample_rate": bundle.sample_rate,
-            "input_samples": arch.input_samples(member.config),
-            "score": {"convention": arch.score, "threshold": 0.0, "scale": 1.0},
-        }
-        if arch.requires and bundle.card.get("pretrained"):
-            card["pretrained"] = bundle.card["pretrained"]
-        source = Path(bundle.source) / f"members.{i}"
-        members.append(Bundle(source, card, {WEIGHTS_FILE: save(weights)}))
-    return members
 
 
 def with_graph(member: Bundle) -> Bundle:
@@ -102,7 +69,7 @@ class MemberRuntime:
         providers: Sequence[str] | str | None = None,
         threads: int | None = None,
     ) -> None:
-        from voicescreen.models.fusion import FusionConfig
+        from voicescreen.models.fusion import FusionConfig, member_bundles
         from voicescreen.runtimes import open_runtime
 
         config = FusionConfig.from_dict(bundle.config)

@@ -216,7 +216,7 @@ def plan_members(
     """A fusion's plan for streams: each member planned as if served alone (a forced fast path
     goes to the members it applies to), when one of them reuses its encoder (else None: the
     fusion's own graph is as fast, and one run)."""
-    from voicescreen.runtimes.members import member_bundles
+    from voicescreen.models.fusion import member_bundles
 
     if backend not in (AUTO, "onnx"):
         return None
