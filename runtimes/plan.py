@@ -141,7 +141,8 @@ def plan_runtime(
     BF16 or AMX (lossy within the bf16 bound, about 2x; never when ``--backend onnx`` or
     ``--fast-path exact`` asks otherwise), else on ONNX Runtime's exact graph rewrite. A fusion
     with such a member, for streams on the CPU: each member on its own plan (``members``,
-    ``runtimes.members``), unless a fast path is forced or reuse is turned off. On a GPU,
+    ``runtimes.members``; a forced fast path goes to the members it applies to), unless reuse
+    is turned off. On a GPU,
     and for other architectures and int8 bundles: the bundle's own ONNX graph, batched. Raises
     ``FastPathError`` for a combination that cannot run (``--fast-path exact --backend torch``,
     a fast path on an LCNN, ...)."""
