@@ -78,6 +78,9 @@ class Trial:
     wall: float = 0.0
     aborted: str = ""
     escalated: int = 0  # cascade: windows the expert scored
+    busy: float = 0.0  # cores' worth of wall time the model calls took (summed over workers)
+    mean_batch: float | None = None
+    encoder_share: float | None = None  # reuse: encoder input per window / a whole window's
     hop_ms: float = 0.0  # the hop the sessions ran at (reuse moves it onto the encoder grid)
     p99_limit_ms: float | None = None  # real time also needs p99 latency within this
 
@@ -179,6 +182,7 @@ async def run_trial(
     loop = asyncio.get_running_loop()
     r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
     p0 = process_cpu_seconds(replica_pids)
+    reuse0 = reuse_counts(workers)
     start = loop.time() + 0.05
     consumers = [asyncio.create_task(consume(s)) for s in sessions]
     await asyncio.gather(
@@ -188,12 +192,61 @@ async def run_trial(
     r1, trial.wall = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter() - t0
     trial.cpu = (r1.ru_utime - r0.ru_utime + r1.ru_stime - r0.ru_stime) / trial.wall
     trial.cpu_replicas = (process_cpu_seconds(replica_pids) - p0) / trial.wall
-    for w in {id(w): w for w in workers}.values():
-        for part in (w.screen, w.expert) if isinstance(w, Cascade) else (w,):
-            await part.close()
     unique = {id(w): w for w in workers}.values()
+    parts = [p for w in unique for p in ((w.screen, w.expert) if isinstance(w, Cascade) else (w,))]
+    for part in parts:
+        await part.close()
+    trial.busy = sum(p.metrics.busy_s for p in parts) / trial.wall
+    batches = sum(p.metrics.batches for p in parts)
+    trial.mean_batch = sum(p.metrics.scored for p in parts) / batches if batches else None
+    trial.encoder_share = reuse_share(workers, reuse0)
     trial.escalated = sum(w.metrics.escalated for w in unique if isinstance(w, Cascade))
     return trial
+
+
+def _reuse_stats(workers: list) -> list:
+    """The ``ReuseStats`` of every encoder-reuse runtime behind ``workers`` (a fusion's members
+    included)."""
+    runtimes = []
+    for w in {id(w): w for w in workers}.values():
+        for part in (w.screen, w.expert) if isinstance(w, Cascade) else (w,):
+            runtimes += [part.runtime, *getattr(part.runtime, "members", ())]
+    return [r.stats for r in {id(r): r for r in runtimes}.values() if hasattr(r, "stats")]
+
+
+def reuse_counts(workers: list) -> list[tuple[int, int]]:
+    """(windows, encoder input samples) so far of each reuse runtime behind ``workers``."""
+    return [(s.windows, s.encoder_samples) for s in _reuse_stats(workers)]
+
+
+def reuse_share(workers: list, before: list[tuple[int, int]]) -> float | None:
+    """Encoder input per window since ``before``, as a share of a whole window (None: no reuse
+    runtime)."""
+    after = reuse_counts(workers)
+    windows = sum(a[0] - b[0] for a, b in zip(after, before, strict=True))
+    samples = sum(a[1] - b[1] for a, b in zip(after, before, strict=True))
+    size = workers[0].input_samples
+    return samples / windows / size if windows else None
+
+
+def log_trial(trial: Trial) -> None:
+    """One line on a trial: its verdict and where the time went."""
+    log.info(
+        "  %s N=%d: %s (scored %d, shed %d, p99 %s ms, cpu %.2f + %.2f cores, model busy "
+        "%.2f, mean batch %s, encoder share %s%s)",
+        trial.mode,
+        trial.streams,
+        "real time" if trial.ok() else "FAILS",
+        trial.scored,
+        trial.shed,
+        _ms(trial.pct(0.99)),
+        trial.cpu,
+        trial.cpu_replicas,
+        trial.busy,
+        "-" if trial.mean_batch is None else f"{trial.mean_batch:.1f}",
+        "-" if trial.encoder_share is None else f"{trial.encoder_share:.2f}",
+        f", {trial.aborted}" if trial.aborted else "",
+    )
 
 
 def largest_realtime(
@@ -207,18 +260,7 @@ def largest_realtime(
         trial = asyncio.run(run_trial(mode, n, make_worker, audio, args, replica_pids))
         tried.append(trial)
         ok = trial.ok()
-        log.info(
-            "  %s N=%d: %s (scored %d, shed %d, p99 %s ms, cpu %.2f + %.2f cores%s)",
-            mode,
-            n,
-            "real time" if ok else "FAILS",
-            trial.scored,
-            trial.shed,
-            _ms(trial.pct(0.99)),
-            trial.cpu,
-            trial.cpu_replicas,
-            f", {trial.aborted}" if trial.aborted else "",
-        )
+        log_trial(trial)
         if ok:
             lo, best = n, trial
         else:
@@ -451,6 +493,7 @@ def main() -> int:
         log.info("%s / %s / %s (%.0f s of budget)", bundle.name, label, mode, share)
         if args.streams:  # one trial at a given load instead of the search
             trial = asyncio.run(run_trial(mode, args.streams, make_worker, audio, args, pids))
+            log_trial(trial)
             best, tried = trial, [trial]
         else:
             best, tried = largest_realtime(

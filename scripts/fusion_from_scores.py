@@ -13,6 +13,12 @@ split) are never fitted on: they get the regression fitted on all the others.
 
     python scripts/fusion_from_scores.py runs/casc-cv2-dev/scores.csv \
         runs/casc-shared-dev/scores.csv --apply runs/casc-shared-eval/scores.csv
+
+More than two models: join ``scores.csv`` files of the same windows with ``+`` (each adds its
+``score`` column), name the scores with ``--names`` and choose which to fuse with ``--fuse``:
+
+    python scripts/fusion_from_scores.py runs/a-dev/scores.csv+runs/b-dev/scores.csv \
+        --names default,whisper,candidate --fuse whisper,candidate ...
 """
 
 from __future__ import annotations
@@ -27,17 +33,34 @@ from voicescreen.train.fusion import cross_fitted, regression
 from voicescreen.train.metrics import eer
 
 
-def read(path: Path) -> dict[str, np.ndarray]:
+def _rows(path: Path) -> list[dict[str, str]]:
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
     if not rows or "screen_score" not in rows[0]:
         raise SystemExit(f"{path}: no screen_score column (is it from eval --screen?)")
+    return rows
+
+
+def read(spec: str) -> dict[str, np.ndarray]:
+    """A ``scores.csv``, or several joined window by window (``a.csv+b.csv``: the same clips
+    and channels, scored by other models): ``scores`` (N, K) holds the first file's score and
+    screen_score, then each joined file's score."""
+    paths = [Path(p) for p in spec.split("+")]
+    rows = _rows(paths[0])
+    keys = [(r["file"], r.get("channel", "clean")) for r in rows]
+    columns = [[float(r["score"]) for r in rows], [float(r["screen_score"]) for r in rows]]
+    for path in paths[1:]:
+        other = {(r["file"], r.get("channel", "clean")): r for r in _rows(path)}
+        if set(other) != set(keys):
+            raise SystemExit(f"{path}: not the same windows as {paths[0]}")
+        if any(other[k]["label"] != r["label"] for k, r in zip(keys, rows, strict=True)):
+            raise SystemExit(f"{path}: labels differ from {paths[0]}")
+        columns.append([float(other[k]["score"]) for k in keys])
     return {
-        "expert": np.array([float(r["score"]) for r in rows]),
-        "screen": np.array([float(r["screen_score"]) for r in rows]),
+        "scores": np.array(columns).T,
         "label": np.array([r["label"] == "bonafide" for r in rows]),
-        "channel": np.array([r.get("channel", "clean") for r in rows]),
-        "clip": np.array([f"{path}:{r['file']}" for r in rows]),
+        "channel": np.array([k[1] for k in keys]),
+        "clip": np.array([f"{spec}:{k[0]}" for k in keys]),
     }
 
 
@@ -45,12 +68,13 @@ def pct(scores: np.ndarray, labels: np.ndarray) -> str:
     return f"{100 * eer(scores[labels], scores[~labels])[0]:.1f} %"
 
 
-def table(title: str, d: dict[str, np.ndarray], fused: np.ndarray) -> None:
+def table(title: str, d: dict[str, np.ndarray], names: list[str], fused: np.ndarray) -> None:
     channels = list(dict.fromkeys(d["channel"]))
     print(f"{title}\n")
     print("| | pooled | " + " | ".join(channels) + " |")
     print("|---|---|" + "---|" * len(channels))
-    for name, s in (("expert", d["expert"]), ("screen", d["screen"]), ("fusion", fused)):
+    rows = [(name, d["scores"][:, k]) for k, name in enumerate(names)] + [("fusion", fused)]
+    for name, s in rows:
         per = [pct(s[d["channel"] == c], d["label"][d["channel"] == c]) for c in channels]
         print(f"| {name} | {pct(s, d['label'])} | " + " | ".join(per) + " |")
     print()
@@ -58,29 +82,47 @@ def table(title: str, d: dict[str, np.ndarray], fused: np.ndarray) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("csv", nargs="+", type=Path, help="scores.csv of eval --screen runs")
+    p.add_argument("csv", nargs="+", help="scores.csv of eval --screen runs (a.csv+b.csv: joined)")
+    p.add_argument("--apply", nargs="*", default=[], help="scores.csv to report only (test splits)")
     p.add_argument(
-        "--apply", nargs="*", type=Path, default=[], help="scores.csv to report only (test splits)"
+        "--names",
+        default="expert,screen",
+        help="names of the scores, in order: each file's score, its screen_score, then the "
+        "score of each file joined to it with '+' (default: expert,screen)",
+    )
+    p.add_argument(
+        "--fuse",
+        default=None,
+        help="comma-separated names of the scores to fuse (default: all of them)",
     )
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args()
-    data = [read(path) for path in a.csv]
-    parts = np.concatenate([np.stack([d["expert"], d["screen"]], axis=1) for d in data])
+    data = [read(spec) for spec in a.csv]
+    applied_data = [read(spec) for spec in a.apply]
+    names = a.names.split(",")
+    widths = {d["scores"].shape[1] for d in data + applied_data}
+    if widths != {len(names)}:
+        raise SystemExit(f"--names gives {len(names)} names for {sorted(widths)} scores per window")
+    chosen = a.fuse.split(",") if a.fuse else names
+    if unknown := set(chosen) - set(names):
+        raise SystemExit(f"--fuse: unknown {sorted(unknown)} (the names: {names})")
+    cols = [names.index(n) for n in chosen]
+    parts = np.concatenate([d["scores"][:, cols] for d in data])
     labels = np.concatenate([d["label"] for d in data])
     clips = np.concatenate([d["clip"] for d in data])
     fused = cross_fitted(parts, labels, clips, seed=a.seed)
     weights, bias = regression(parts, labels)
-    print(f"fused = {bias:+.3f} {weights[0]:+.3f} x expert {weights[1]:+.3f} x screen (raw scores)")
+    terms = " ".join(f"{w:+.3f} x {n}" for w, n in zip(weights, chosen, strict=True))
+    print(f"fused = {bias:+.3f} {terms} (raw scores)")
     print(f"fitted on {len(labels)} windows of {len(a.csv)} file(s); EER on raw scores\n")
     start = 0
-    for path, d in zip(a.csv, data, strict=True):
+    for spec, d in zip(a.csv, data, strict=True):
         n = len(d["label"])
-        table(f"{path} ({n} windows; fusion cross-fitted)", d, fused[start : start + n])
+        table(f"{spec} ({n} windows; fusion cross-fitted)", d, names, fused[start : start + n])
         start += n
-    for path in a.apply:
-        d = read(path)
-        applied = bias + np.stack([d["expert"], d["screen"]], axis=1) @ weights
-        table(f"{path} ({len(d['label'])} windows; never fitted on)", d, applied)
+    for spec, d in zip(a.apply, applied_data, strict=True):
+        applied = bias + d["scores"][:, cols] @ weights
+        table(f"{spec} ({len(d['label'])} windows; never fitted on)", d, names, applied)
 
 
 if __name__ == "__main__":

@@ -133,6 +133,41 @@ def test_eval_with_a_screen_reports_each_band_from_the_command_line(
     (row,) = [x for x in proc.stdout.splitlines() if x.startswith("| fusion |")]
     assert row.split("|")[2].strip() == f"{100 * eer(fused[labels], fused[~labels])[0]:.1f} %"
 
+    # a third model's scores of the same windows, joined with '+' and fused with a chosen pair
+    third = np.random.default_rng(1).normal(size=len(table)) + labels
+    rows = [{**r, "score": repr(float(x))} for r, x in zip(table, third, strict=True)]
+    joined = tmp_path / "third.csv"
+    with open(joined, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(table[0]))
+        writer.writeheader()
+        writer.writerows(rows[::-1])  # in another order: joined by file and channel
+    spec = f"{out / 'scores.csv'}+{joined}"
+    pair = cross_fitted(
+        np.stack([raw[:, 1], third], axis=1), labels,
+        np.array([f"{spec}:{r['file']}" for r in table]),
+    )  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "fusion_from_scores.py"), spec,
+         "--names", "aasist,gmm,third", "--fuse", "gmm,third"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "x gmm" in proc.stdout and "x third" in proc.stdout and "x aasist" not in proc.stdout
+    got = {x.split("|")[1].strip(): x.split("|")[2].strip() for x in proc.stdout.splitlines()[3:]
+           if x.startswith("| ") and not x.startswith("| |")}  # fmt: skip
+    assert got["third"] == f"{100 * eer(third[labels], third[~labels])[0]:.1f} %"
+    assert got["fusion"] == f"{100 * eer(pair[labels], pair[~labels])[0]:.1f} %"
+    with open(joined, "w", newline="") as f:  # a window missing: refused, not misaligned
+        writer = csv.DictWriter(f, fieldnames=list(table[0]))
+        writer.writeheader()
+        writer.writerows(rows[1:])
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "fusion_from_scores.py"), spec,
+         "--names", "aasist,gmm,third"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode != 0 and "not the same windows" in proc.stderr
+
 
 def test_eval_refuses_bad_bands(gmm_bundle, small_corpus, tmp_path):
     proc = subprocess.run(
