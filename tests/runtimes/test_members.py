@@ -6,19 +6,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from cpu_support import AVX2, ZEN4, pretend_cpu_machine
 from web_support import dev_clip, run, serve_process, web_bundle
 
 from voicescreen.models.bundle import Bundle, export_bundle, load_bundle
-from voicescreen.models.cpu import parse_cpuinfo
 from voicescreen.models.fusion import FusionConfig, Member, combine
 from voicescreen.runtimes import describe, local, open_runtime, plan_runtime
-from voicescreen.runtimes import plan as planning
 from voicescreen.runtimes.reuse import Job, StreamFrames
 from voicescreen.scoring import Scorer
 from voicescreen.web.client import converse, pcm_messages
 
-AVX2 = parse_cpuinfo("flags : avx2 fma\n", "AVX2")
-ZEN4 = parse_cpuinfo("flags : avx2 fma avx512f avx512_vnni avx512_bf16\n", "AVX512")
 STRIDE = 2187  # AASIST's encoder: input samples per frame
 GRID_HOP = 7 * STRIDE / 16000
 EXACT = 1e-4  # fused scores, absolute: members' own graphs against the fusion's one graph
@@ -39,8 +36,7 @@ def fused(export_aasist_l, gmm_bundle, tmp_path_factory) -> Bundle:
 @pytest.fixture
 def cpu_machine(monkeypatch):
     """No GPU and a C++ compiler, whatever this machine has."""
-    monkeypatch.setattr(local, "has_nvidia_gpu", lambda: False)
-    monkeypatch.setattr(planning, "compiler_problem", lambda: None)
+    pretend_cpu_machine(monkeypatch)
 
 
 def names(bundle: Bundle) -> tuple[str, ...]:

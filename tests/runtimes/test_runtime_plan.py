@@ -7,9 +7,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
+from cpu_support import AVX2, SKYLAKE, ZEN4, pretend_cpu_machine
 from web_support import web_bundle
 
-from voicescreen.models.cpu import parse_cpuinfo
 from voicescreen.runtimes import (
     FastPathError,
     RuntimePlan,
@@ -19,10 +19,6 @@ from voicescreen.runtimes import (
     plan_runtime,
 )
 from voicescreen.runtimes import plan as planning
-
-ZEN4 = parse_cpuinfo("flags : avx2 fma avx512f avx512_vnni avx512_bf16\n", "AVX512")
-AVX2 = parse_cpuinfo("flags : avx2 fma\n", "AVX2")
-SKYLAKE = parse_cpuinfo("flags : avx2 fma avx512f\n", "AVX512")
 
 
 @dataclass
@@ -35,8 +31,7 @@ class Fake:  # what plan_runtime reads of a bundle
 @pytest.fixture(autouse=True)
 def cpu_machine(monkeypatch):
     """No GPU and a C++ compiler, whatever this machine has (tests that want otherwise say so)."""
-    monkeypatch.setattr(local, "has_nvidia_gpu", lambda: False)
-    monkeypatch.setattr(planning, "compiler_problem", lambda: None)
+    pretend_cpu_machine(monkeypatch)
 
 
 def plan(cpu=AVX2, bundle=None, **flags) -> RuntimePlan:
