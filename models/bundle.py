@@ -420,10 +420,13 @@ def export_bundle(
     training: Mapping | None = None,
     metrics: Mapping | None = None,
     check_input: np.ndarray | None = None,
+    extra_files: Mapping[str, bytes] | None = None,
 ) -> Bundle:
     """Write ``model`` as a bundle at ``out`` (a directory, or a ``.zip`` path) and verify it.
     ``threshold``/``scale``: its calibration over all channels; ``channels``: its calibrations
-    for kinds of audio (``wideband``, ``narrowband``), where they were fitted.
+    for kinds of audio (``wideband``, ``narrowband``), where they were fitted. ``extra_files``:
+    more files to hold (by plain file name), listed and checksummed in the card like the others
+    (a fusion's member graphs, ``models.fusion.member_graph_file``).
 
     The ONNX graph is checked against PyTorch on ``check_input`` (B, input_samples) — pass real
     speech where you have it — and the largest difference is recorded in the card.
@@ -455,7 +458,12 @@ def export_bundle(
     if not math.isfinite(diff) or diff > EXPORT_TOLERANCE:
         raise BundleError(f"ONNX export of {architecture} disagrees with PyTorch by {diff:.3g}")
 
-    files = {ONNX_FILE: onnx_bytes, WEIGHTS_FILE: weights}
+    extra = dict(extra_files or {})
+    if clash := set(extra) & {ONNX_FILE, WEIGHTS_FILE, CARD_FILE}:
+        raise ValueError(f"extra_files may not replace {sorted(clash)}")
+    if bad := [k for k in extra if Path(k).name != k]:
+        raise ValueError(f"extra_files take plain file names, not {bad}")
+    files = {ONNX_FILE: onnx_bytes, WEIGHTS_FILE: weights, **extra}
     card = {
         "format": BUNDLE_FORMAT,
         "format_version": FORMAT_VERSION,

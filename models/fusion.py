@@ -174,13 +174,20 @@ def get_nb_samp(members: Sequence[Member]) -> int:
     return get_architecture(members[0].architecture).input_samples(members[0].config)
 
 
+def member_graph_file(index: int) -> str:
+    """The file in a fusion bundle that holds member ``index``'s own ONNX graph (written by
+    ``voicescreen fuse`` for the members that a graph serves on a live stream)."""
+    return f"member-{index}.onnx"
+
+
 def member_bundles(bundle: Bundle) -> list[Bundle]:
     """A fusion bundle's members as bundles in memory: name, architecture, config and weights
     from the fusion's card and weights, their raw score (threshold 0, scale 1: the regression
-    calibrates), and no ``model.onnx`` (``runtimes.members.with_graph`` adds one)."""
+    calibrates), and their ``model.onnx`` where the fusion holds it (``member_graph_file``;
+    otherwise none: ``runtimes.members.with_graph`` exports one)."""
     from safetensors.torch import save
 
-    from voicescreen.models.bundle import WEIGHTS_FILE, Bundle
+    from voicescreen.models.bundle import ONNX_FILE, WEIGHTS_FILE, Bundle
     from voicescreen.models.registry import get_architecture
 
     config = FusionConfig.from_dict(bundle.config)
@@ -201,5 +208,8 @@ def member_bundles(bundle: Bundle) -> list[Bundle]:
         if arch.requires and bundle.card.get("pretrained"):
             card["pretrained"] = bundle.card["pretrained"]
         source = Path(bundle.source) / f"members.{i}"
-        members.append(Bundle(source, card, {WEIGHTS_FILE: save(weights)}))
+        files = {WEIGHTS_FILE: save(weights)}
+        if member_graph_file(i) in bundle.files:
+            files[ONNX_FILE] = bundle.files[member_graph_file(i)]
+        members.append(Bundle(source, card, files))
     return members

@@ -17,8 +17,9 @@ them) and within the bf16 bound where a member runs in bf16. Whole files (``POST
 ``voicescreen score``) keep the fusion's graph: with nothing to reuse, one graph is as fast.
 
 Members come out of the fusion's files (``models.fusion.member_bundles``): each is a ``Bundle``
-in memory with its slice of the weights and, where a runtime needs one (no reuse), an ONNX graph
-exported at start-up from those weights (seconds; logged).
+in memory with its slice of the weights and, where a runtime needs one (no reuse), its ONNX
+graph: the copy ``voicescreen fuse`` stored in the fusion (``member-<i>.onnx``, checksummed in
+its card), or for an older fusion one exported at start-up from those weights (seconds; logged).
 """
 
 from __future__ import annotations
@@ -43,9 +44,13 @@ log = logging.getLogger(__name__)
 
 
 def with_graph(member: Bundle) -> Bundle:
-    """``member`` with its ONNX graph, exported from its weights (as ``export_bundle`` does)."""
+    """``member`` with its ONNX graph: the one the fusion holds, or else exported from its
+    weights (as ``export_bundle`` does; a fusion written before ``voicescreen fuse`` stored its
+    members' graphs)."""
     from voicescreen.models.bundle import ONNX_FILE, export_onnx
 
+    if ONNX_FILE in member.files:
+        return member
     start = time.perf_counter()
     graph = export_onnx(member.build_torch(), member.score.convention, member.input_samples)
     log.info(

@@ -211,11 +211,13 @@ def annotate_card(
 
 
 def install(bundle: Path, folder: Path = DEFAULT_BUNDLE) -> None:
-    """Replace ``folder`` (the shipped default) with the bundle's card, graph and weights."""
+    """Replace ``folder`` (the shipped default) with the bundle's card and every file it lists
+    (graph, weights, and a fusion's member graphs)."""
+    listed = json.loads((bundle / "card.json").read_text())["files"]
     if folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
-    for name in ("card.json", "model.onnx", "weights.safetensors"):
+    for name in ["card.json", *listed]:
         shutil.copyfile(bundle / name, folder / name)
     log.info("installed %s", folder)
 

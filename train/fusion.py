@@ -21,8 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from voicescreen.models.bundle import Bundle, export_bundle, load_bundle
-from voicescreen.models.fusion import ARCHITECTURE, Member, combine
+from voicescreen.models.bundle import ONNX_FILE, Bundle, export_bundle, load_bundle
+from voicescreen.models.fusion import ARCHITECTURE, Member, combine, member_graph_file
+from voicescreen.models.registry import get_architecture
 from voicescreen.runtimes import open_runtime
 from voicescreen.train.calibrate import Fitted, fit_channels, score_channels
 from voicescreen.train.data import Utterance
@@ -174,6 +175,14 @@ def fuse_bundles(
     }
     if command:
         provenance["command"] = command
+    # A member without encoder reuse runs on its own graph when served member by member
+    # (runtimes/members.py): keep its float graph (the same weights), so that serving exports
+    # nothing.
+    graphs = {
+        member_graph_file(i): m.files[ONNX_FILE]
+        for i, m in enumerate(members)
+        if not get_architecture(m.architecture).reuse and not m.quantized
+    }
     bundle = export_bundle(
         model,
         out,
@@ -192,5 +201,6 @@ def fuse_bundles(
             "calibration": fit.calibration.to_dict(),
         },
         metrics={"validation": fit.figures},
+        extra_files=graphs,
     )
     return bundle, fit

@@ -116,6 +116,43 @@ def test_a_tampered_fusion_card_is_refused(fused, tmp_path):
         load_bundle(copy).build_torch()
 
 
+def test_the_fusion_keeps_the_graph_of_a_member_served_without_reuse(
+    fused, members, monkeypatch, tmp_path
+):
+    """`fuse` stores the GMM member's own graph (member-1.onnx, checksummed in the card); served
+    member by member for streams, the GMM runs on it with nothing exported, and the fused scores
+    are the fusion graph's. The AASIST-L member reuses its encoder: no graph is stored for it."""
+    import shutil
+
+    from cpu_support import AVX2, pretend_cpu_machine
+
+    from voicescreen.models import bundle as bundles
+    from voicescreen.runtimes import plan_runtime
+
+    bundle = fused[0]
+    assert bundle.files["member-1.onnx"] == load_bundle(members[1]).files["model.onnx"]
+    assert "member-0.onnx" not in bundle.files and "member-1.onnx" in bundle.card["files"]
+
+    pretend_cpu_machine(monkeypatch)
+    plan = plan_runtime(bundle, cpu=AVX2)
+    assert [m.reuse for m in plan.members] == [True, False]
+
+    def no_export(*args, **kwargs):
+        raise AssertionError("a member graph was exported at start-up")
+
+    monkeypatch.setattr(bundles, "export_onnx", no_export)
+    runtime = open_runtime(bundle.with_plan(plan), plan.backend)
+    windows = np.random.default_rng(0).normal(0, 0.1, (3, bundle.input_samples)).astype("f4")
+    want = open_runtime(bundle, "onnx")(windows)[1]
+    np.testing.assert_allclose(runtime(windows)[1], want, atol=1e-4)
+
+    copy = tmp_path / "tampered"  # a member graph replaced: refused like any bundle file
+    shutil.copytree(bundle.source, copy)
+    (copy / "member-1.onnx").write_bytes(load_bundle(members[0]).files["model.onnx"])
+    with pytest.raises(BundleError, match="member-1.onnx"):
+        load_bundle(copy)
+
+
 def asking_for_parts(messages, parts):
     (start, seconds), *rest = messages
     return [({**start, "parts": parts}, seconds), *rest]

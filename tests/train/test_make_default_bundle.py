@@ -113,3 +113,18 @@ def test_the_script_is_a_command_line_over_the_package():
         text=True,
     )
     assert p.returncode == 2 and "--install needs a bundle" in p.stderr
+
+
+def test_install_copies_every_file_the_card_lists(gmm_bundle, tmp_path):
+    from voicescreen.models.bundle import load_bundle, write_bundle
+
+    source = load_bundle(gmm_bundle)
+    card = {k: v for k, v in source.card.items() if k != "files"}
+    files = {**source.files, "member-7.onnx": source.files["model.onnx"]}
+    files.pop("card.json", None)
+    bundle = write_bundle(tmp_path / "with-extra", card, files)
+    (tmp_path / "with-extra" / "notes.txt").write_text("not listed: not shipped")
+    mdb.install(bundle.source, tmp_path / "installed")
+    installed = load_bundle(tmp_path / "installed")
+    assert installed.files["member-7.onnx"] == source.files["model.onnx"]
+    assert not (tmp_path / "installed" / "notes.txt").exists()
