@@ -9,9 +9,11 @@ import asyncio
 import json
 import logging
 import os
+import signal
 from typing import Any
 
 from voicescreen.cli import (
+    EXIT_INTERRUPTED,
     add_hop_argument,
     add_runtime_arguments,
     add_verdict_arguments,
@@ -231,11 +233,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if config.token is None and args.host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("serving on %s without a token: anyone who reaches it can use it", args.host)
     try:
-        serve(config, args.host, args.port, sock)
+        stopped_by = serve(config, args.host, args.port, sock)
     except LoadError as e:  # the server's ConfigError
         return fail(str(e))
     finally:
         sock.close()
+    if signal.SIGINT in stopped_by:  # Ctrl-C, whether or not it came back as KeyboardInterrupt
+        return EXIT_INTERRUPTED
     return 0
 
 

@@ -179,11 +179,15 @@ def serve(
     host: str = "127.0.0.1",
     port: int = 8000,
     sock: socket.socket | None = None,
-) -> None:
-    """Serve until interrupted, on ``sock`` (from ``listen``) when given."""
+) -> list[int]:
+    """Serve until interrupted, on ``sock`` (from ``listen``) when given; the signals that
+    stopped it (uvicorn shuts down gracefully on SIGINT or SIGTERM, then raises the signal
+    again, but a Ctrl-C raised again while ``asyncio.run``'s own SIGINT handler is in place may
+    only cancel a task that has already finished: the caller cannot rely on seeing it)."""
     app = create_app(config)
     server = uvicorn.Server(uvicorn_config(app, config, host=host, port=port))
     server.run(sockets=[sock] if sock is not None else None)
+    return list(getattr(server, "_captured_signals", ()))
 
 
 class BackgroundServer:
