@@ -50,6 +50,13 @@ def label(w: StreamWindow, regular: int) -> str:
     return f"regular {regular + 1}"
 
 
+def clocked(fn) -> tuple[float, float]:
+    """Wall and CPU seconds (this process, every thread) of one call of ``fn``."""
+    c0, t0 = time.process_time(), time.perf_counter()
+    fn()
+    return time.perf_counter() - t0, time.process_time() - c0
+
+
 def run(runtime: IncrementalRuntime, windows: list[StreamWindow], repeats: int) -> list[dict]:
     """Each window's encoder share and median wall / CPU seconds, replaying the stream."""
     size = runtime.input_samples
@@ -61,11 +68,9 @@ def run(runtime: IncrementalRuntime, windows: list[StreamWindow], repeats: int) 
             audio = w.end - w.start
             job = Job(w.samples, w.start, frames, audio if audio < size else None)
             before = runtime.stats.encoder_samples
-            c0, t0 = time.process_time(), time.perf_counter()
-            runtime([job])
-            wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+            took = clocked(lambda job=job: runtime([job]))
             if r:
-                times[i].append((wall, cpu))
+                times[i].append(took)
             else:
                 shares.append((runtime.stats.encoder_samples - before) / size)
     return [
@@ -81,12 +86,7 @@ def run(runtime: IncrementalRuntime, windows: list[StreamWindow], repeats: int) 
 def whole(runtime: IncrementalRuntime, window: np.ndarray, repeats: int) -> dict:
     x = window[None, :]
     runtime(x)
-    walls, cpus = [], []
-    for _ in range(repeats):
-        c0, t0 = time.process_time(), time.perf_counter()
-        runtime(x)
-        walls.append(time.perf_counter() - t0)
-        cpus.append(time.process_time() - c0)
+    walls, cpus = zip(*(clocked(lambda: runtime(x)) for _ in range(repeats)), strict=True)
     return {"share": 1.0, "wall": statistics.median(walls), "cpu": statistics.median(cpus)}
 
 

@@ -78,7 +78,7 @@ class Trial:
     wall: float = 0.0
     aborted: str = ""
     escalated: int = 0  # cascade: windows the expert scored
-    busy: float = 0.0  # cores' worth of wall time the model calls took (summed over workers)
+    busy: float = 0.0  # share of wall time a model call was running (summed over workers)
     mean_batch: float | None = None
     encoder_share: float | None = None  # reuse: encoder input per window / a whole window's
     hop_ms: float = 0.0  # the hop the sessions ran at (reuse moves it onto the encoder grid)
@@ -193,7 +193,7 @@ async def run_trial(
     trial.cpu = (r1.ru_utime - r0.ru_utime + r1.ru_stime - r0.ru_stime) / trial.wall
     trial.cpu_replicas = (process_cpu_seconds(replica_pids) - p0) / trial.wall
     unique = {id(w): w for w in workers}.values()
-    parts = [p for w in unique for p in ((w.screen, w.expert) if isinstance(w, Cascade) else (w,))]
+    parts = worker_parts(workers)
     for part in parts:
         await part.close()
     trial.busy = sum(p.metrics.busy_s for p in parts) / trial.wall
@@ -204,13 +204,18 @@ async def run_trial(
     return trial
 
 
+def worker_parts(workers: list) -> list[InferenceWorker]:
+    """The distinct inference workers behind ``workers`` (a cascade's screen and expert)."""
+    unique = {id(w): w for w in workers}.values()
+    return [p for w in unique for p in ((w.screen, w.expert) if isinstance(w, Cascade) else (w,))]
+
+
 def _reuse_stats(workers: list) -> list:
     """The ``ReuseStats`` of every encoder-reuse runtime behind ``workers`` (a fusion's members
     included)."""
-    runtimes = []
-    for w in {id(w): w for w in workers}.values():
-        for part in (w.screen, w.expert) if isinstance(w, Cascade) else (w,):
-            runtimes += [part.runtime, *getattr(part.runtime, "members", ())]
+    runtimes = [
+        r for p in worker_parts(workers) for r in (p.runtime, *getattr(p.runtime, "members", ()))
+    ]
     return [r.stats for r in {id(r): r for r in runtimes}.values() if hasattr(r, "stats")]
 
 
