@@ -311,6 +311,29 @@ def cmd_data_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_splice(args: argparse.Namespace) -> int:
+    from voicescreen.train.data import ProtocolError
+    from voicescreen.train.splice import SpliceOptions, build_splice_corpus
+
+    try:
+        options = SpliceOptions(candidates=args.candidates, seed=args.seed)
+        result = build_splice_corpus(
+            args.sources,
+            args.out,
+            options,
+            split=args.split,
+            limit=args.limit,
+            progress=_progress(args),
+        )
+    except (ProtocolError, ValueError, OSError) as e:
+        return fail(f"data splice: {e}")
+    print(
+        f"{result.clips} splice spoofs ({result.units} units, {result.seconds / 60:.1f} min) in "
+        f"{result.out}"
+    )
+    return 0
+
+
 # --- parsers -----------------------------------------------------------------------------------
 
 
@@ -514,6 +537,21 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--jobs", type=int, default=0, help="render processes (0: one per CPU)")
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=cmd_data_build)
+    s = actions.add_parser(
+        "splice",
+        help="unit-selection-like spoofs cut from corpora's own bona fide clips",
+        description="One spoof per bona fide clip: its own speech re-cut into 50-250 ms units "
+        "joined where a spectral join cost is lowest (voicescreen.train.splice); written as a "
+        "train split for --extra-train.",
+    )
+    s.add_argument("out", help="output folder (its flac/ and protocols/ are replaced)")
+    s.add_argument("sources", nargs="+", help="corpus roots whose bona fide clips are cut")
+    s.add_argument("--split", default="train", help="the sources' split to cut (default train)")
+    s.add_argument("--limit", type=int, default=None, help="at most this many clips, drawn evenly")
+    s.add_argument("--candidates", type=int, default=16, help="units weighed at each join")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--no-progress", action="store_true")
+    s.set_defaults(func=cmd_data_splice)
 
 
 def main(argv: list[str] | None = None) -> int:
