@@ -205,6 +205,7 @@ class FeatureCache:
                 pass
         t0 = time.time()
         meta.unlink(missing_ok=True)
+        path.unlink(missing_ok=True)  # a new file: a cache hard-linked from another run stays
         if self.run is None:
             self.run = self.make_runner()
         out = None

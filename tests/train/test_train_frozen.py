@@ -151,3 +151,26 @@ def test_frozen_blocks_is_checked():
     model, _ = build_model(small_recipe(frozen_blocks=6), torch.device("cpu"))
     with pytest.raises(ValueError, match="between 1 and 5"):
         frozen.check_frozen(small_recipe(frozen_blocks=6), model)
+
+
+def test_a_cache_linked_from_another_run_is_never_written_through(tmp_path):
+    """A run may start from another run's cache hard-linked in (``cp -al``); a set it must
+    recompute (its key differs) goes to a new file, and the other run's cache stays as it was."""
+    import os
+
+    def window(i: int) -> np.ndarray:
+        return np.full(4, i, np.float32)
+
+    a = frozen.FeatureCache(tmp_path / "a", lambda: lambda w: w * 2, {"model": 1})
+    first = np.array(a.get("train", 3, window))
+    (tmp_path / "b").mkdir()
+    for f in (tmp_path / "a").iterdir():
+        os.link(f, tmp_path / "b" / f.name)
+    b = frozen.FeatureCache(tmp_path / "b", lambda: lambda w: w * 3, {"model": 2})
+    np.testing.assert_array_equal(b.get("train", 3, window), first * 1.5)
+
+    def never() -> None:
+        raise AssertionError("a's cache was recomputed")
+
+    again = frozen.FeatureCache(tmp_path / "a", never, {"model": 1})
+    np.testing.assert_array_equal(again.get("train", 3, window), first)
