@@ -329,7 +329,7 @@ def cmd_data_splice(args: argparse.Namespace) -> int:
         return fail(f"data splice: {e}")
     print(
         f"{result.clips} splice spoofs ({result.units} units, {result.seconds / 60:.1f} min) in "
-        f"{result.out}"
+        f"{result.out}; {result.skipped} clips with too little speech left out"
     )
     return 0
 

@@ -48,7 +48,8 @@ class SpliceOptions:
     candidates: int = 16  # random units weighed at each join
     follow: float = 0.25  # chance that a unit is simply the stretch after the last one
     crossfade_ms: tuple[float, float] = (1.0, 5.0)
-    active_db: float = 35.0  # frames within this of the loudest are speech
+    active_db: float = 35.0  # frames within this of the loudest are speech,
+    floor_dbfs: float = -70.0  # if they are louder than this (RMS)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -69,15 +70,19 @@ class Unit:
 def band_energies(x: np.ndarray) -> np.ndarray:
     """(frames, BANDS + 1) log energies of 20 ms Hann frames every 10 ms: BANDS log-spaced bands
     from 200 Hz to 8 kHz, then the whole frame."""
-    n = max(1, 1 + (len(x) - FRAME) // HOP)
-    padded = np.pad(x, (0, max(0, FRAME + (n - 1) * HOP - len(x))))
-    frames = np.lib.stride_tricks.sliding_window_view(padded, FRAME)[::HOP][:n]
-    power = np.abs(np.fft.rfft(frames * np.hanning(FRAME), axis=1)) ** 2
+    power = np.abs(np.fft.rfft(_frames(x) * np.hanning(FRAME), axis=1)) ** 2
     freqs = np.fft.rfftfreq(FRAME, 1 / SAMPLE_RATE)
     edges = np.geomspace(200, SAMPLE_RATE / 2, BANDS + 1)
     bands = [power[:, (freqs >= a) & (freqs < b)].sum(axis=1) for a, b in itertools.pairwise(edges)]
     out = np.stack([*bands, power.sum(axis=1)], axis=1)
     return 10 * np.log10(out + 1e-10)
+
+
+def _frames(x: np.ndarray) -> np.ndarray:
+    """(frames, FRAME) views of ``x``, a frame every HOP samples, the last zero-padded."""
+    n = max(1, 1 + (len(x) - FRAME) // HOP)
+    padded = np.pad(x, (0, max(0, FRAME + (n - 1) * HOP - len(x))))
+    return np.lib.stride_tricks.sliding_window_view(padded, FRAME)[::HOP][:n]
 
 
 def zero_crossing_near(x: np.ndarray, at: int, reach: int = 80) -> int:
@@ -88,6 +93,14 @@ def zero_crossing_near(x: np.ndarray, at: int, reach: int = 80) -> int:
     seg = x[lo - 1 : hi]
     ups = np.flatnonzero((seg[:-1] < 0) & (seg[1:] >= 0)) + lo
     return int(ups[np.argmin(np.abs(ups - at))]) if ups.size else at
+
+
+def speech_frames(x: np.ndarray, feats: np.ndarray, o: SpliceOptions) -> np.ndarray:
+    """Which frames of ``x`` (``band_energies(x)``) are speech: within ``o.active_db`` of the
+    loudest frame and louder than ``o.floor_dbfs``."""
+    level = feats[:, -1]
+    rms_db = 20 * np.log10(np.sqrt(np.mean(_frames(x) ** 2, axis=1)) + 1e-10)
+    return (level >= level.max() - o.active_db) & (rms_db >= o.floor_dbfs)
 
 
 def speech_runs(active: np.ndarray, bridge: int) -> list[tuple[int, int]]:
@@ -110,8 +123,7 @@ def splice(
     units of ``x``'s own speech. Returns it and its units."""
     x = np.asarray(x, dtype=np.float32)
     feats = band_energies(x)
-    level = feats[:, -1]
-    active = level >= level.max() - o.active_db
+    active = speech_frames(x, feats, o)
     lo_f, hi_f = (round(ms / 10) for ms in o.unit_ms)
     frames_active = np.flatnonzero(active)
     starts = frames_active[frames_active + hi_f < len(feats)]  # a unit fits after each
@@ -192,6 +204,7 @@ class SpliceResult:
     clips: int
     units: int
     seconds: float
+    skipped: int  # source clips with too little speech to splice
 
 
 def build_splice_corpus(
@@ -224,7 +237,7 @@ def build_splice_corpus(
         shutil.rmtree(out / sub, ignore_errors=True)
         (out / sub).mkdir(parents=True)
     lines, rows = [], ["file\tsource\tspeaker\tunits\tseconds"]
-    total_units, seconds = 0, 0.0
+    total_units, seconds, skipped = 0, 0.0, 0
     bar = tqdm(
         bonafide, desc="splice", unit="clip", disable=None if progress is None else not progress
     )
@@ -234,7 +247,8 @@ def build_splice_corpus(
         try:
             y, units = splice(x, np.random.default_rng(seed), o)
         except ValueError:
-            continue  # a clip with too little speech
+            skipped += 1  # a clip with too little speech
+            continue
         name = f"{PREFIX}_T_{len(lines) + 1:05d}"
         sf.write(
             str(out / "flac" / f"{name}.flac"), np.clip(y, -1, 1), SAMPLE_RATE, subtype="PCM_16"
@@ -254,7 +268,8 @@ def build_splice_corpus(
         "`voicescreen data splice` (`voicescreen.train.splice`): the clip's own pauses, each "
         "stretch of speech between them re-made of units of its own speech, "
         f"{total_units / len(lines):.1f} units per clip on average. "
+        f"{skipped} source clips had too little speech and were left out. "
         "`sources.tsv` names each spoof's source clip. Options:\n\n"
         f"```json\n{json.dumps(asdict(o), indent=2)}\n```\n"
     )
-    return SpliceResult(out, len(lines), total_units, seconds)
+    return SpliceResult(out, len(lines), total_units, seconds, skipped)

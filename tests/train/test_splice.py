@@ -10,7 +10,14 @@ import soundfile as sf
 
 from voicescreen.audio import SAMPLE_RATE, load_audio
 from voicescreen.train.data import load_split
-from voicescreen.train.splice import HOP, SpliceOptions, band_energies, speech_runs, splice
+from voicescreen.train.splice import (
+    HOP,
+    SpliceOptions,
+    band_energies,
+    speech_frames,
+    speech_runs,
+    splice,
+)
 
 FADE = int(0.005 * SAMPLE_RATE)  # the longest cross-fade, and the fades at a stretch's edges
 
@@ -24,8 +31,7 @@ def test_a_splice_keeps_the_pauses_and_is_made_of_the_clips_own_audio(data_dir):
     y, units = splice(x, np.random.default_rng(7), options)
     assert y.shape == x.shape and not np.array_equal(y, x)
     # The pauses (150 ms or longer) are the clip's own, sample for sample.
-    level = band_energies(x)[:, -1]
-    runs = speech_runs(level >= level.max() - options.active_db, bridge=15)
+    runs = speech_runs(speech_frames(x, band_energies(x), options), bridge=15)
     assert len(runs) >= 2
     for (_, end), (first, _) in zip(runs, runs[1:], strict=False):
         pause = slice((end - 1) * HOP + 320 + FADE, first * HOP - FADE)
@@ -75,9 +81,23 @@ def test_each_join_takes_the_candidate_that_matches_the_seam():
 
 
 def test_data_splice_writes_a_train_split_of_spoofs_by_the_sources_speakers(small_corpus, tmp_path):
+    """The small corpus's train split plus one bona fide clip of faint noise, which has no speech
+    to cut and is left out, said so."""
+    source = tmp_path / "source"
+    (source / "flac").mkdir(parents=True)
+    (source / "protocols").mkdir()
+    lines = []
+    for u in load_split(small_corpus, "train"):
+        (source / "flac" / u.path.name).symlink_to(u.path.resolve())
+        lines.append(f"{u.speaker} {u.file} - {u.attack} {u.label}")
+    hiss = 1e-4 * np.random.default_rng(0).standard_normal(2 * SAMPLE_RATE)
+    sf.write(str(source / "flac" / "HISS.flac"), hiss, SAMPLE_RATE, subtype="PCM_16")
+    lines.append("QUIET HISS - - bonafide")
+    (source / "protocols" / "S.cm.train.trn.txt").write_text("\n".join(lines) + "\n")
+
     out = tmp_path / "splice"
     p = subprocess.run(
-        [sys.executable, "-m", "voicescreen", "data", "splice", str(out), str(small_corpus)],
+        [sys.executable, "-m", "voicescreen", "data", "splice", str(out), str(source)],
         capture_output=True,
         text=True,
     )
@@ -85,12 +105,13 @@ def test_data_splice_writes_a_train_split_of_spoofs_by_the_sources_speakers(smal
     sources = [u for u in load_split(small_corpus, "train") if u.is_bonafide]
     made = load_split(out, "train")
     assert len(made) == len(sources) and f"{len(made)} splice spoofs" in p.stdout
+    assert "1 clips with too little speech left out" in p.stdout
     assert all(u.label == "spoof" and u.attack == "splice" for u in made)
     assert [u.speaker for u in made] == [u.speaker for u in sources]
-    for u, source in zip(made, sources, strict=True):
+    for u, source_clip in zip(made, sources, strict=True):
         info = sf.info(str(u.path))
         assert info.samplerate == SAMPLE_RATE
-        assert info.frames == len(load_audio(source.path))
+        assert info.frames == len(load_audio(source_clip.path))
     assert "splice" in (out / "README.md").read_text()
     assert len((out / "sources.tsv").read_text().splitlines()) == len(made) + 1
 
