@@ -59,6 +59,7 @@ def read(spec: str) -> dict[str, np.ndarray]:
     return {
         "scores": np.array(columns).T,
         "label": np.array([r["label"] == "bonafide" for r in rows]),
+        "attack": np.array([r["attack"] for r in rows]),
         "channel": np.array([k[1] for k in keys]),
         "clip": np.array([f"{spec}:{k[0]}" for k in keys]),
     }
@@ -68,15 +69,30 @@ def pct(scores: np.ndarray, labels: np.ndarray) -> str:
     return f"{100 * eer(scores[labels], scores[~labels])[0]:.1f} %"
 
 
-def table(title: str, d: dict[str, np.ndarray], names: list[str], fused: np.ndarray) -> None:
-    channels = list(dict.fromkeys(d["channel"]))
-    print(f"{title}\n")
-    print("| | pooled | " + " | ".join(channels) + " |")
-    print("|---|---|" + "---|" * len(channels))
+def table(
+    title: str,
+    d: dict[str, np.ndarray],
+    names: list[str],
+    fused: np.ndarray,
+    by_attack: bool = False,
+) -> None:
+    """EER of each score and the fusion, pooled and per channel; with ``by_attack``, then per
+    attack (its spoofs against every bona fide window)."""
     rows = [(name, d["scores"][:, k]) for k, name in enumerate(names)] + [("fusion", fused)]
+    groups = {c: d["channel"] == c for c in dict.fromkeys(d["channel"])}
+    print(f"{title}\n")
+    _grid(rows, d["label"], "pooled", groups)
+    if by_attack:
+        attacks = sorted(set(d["attack"][~d["label"]]))
+        _grid(rows, d["label"], "", {a: d["label"] | (d["attack"] == a) for a in attacks})
+
+
+def _grid(rows, labels: np.ndarray, first: str, groups: dict[str, np.ndarray]) -> None:
+    print(f"| | {first + ' | ' if first else ''}" + " | ".join(groups) + " |")
+    print("|---|" + "---|" * (len(groups) + bool(first)))
     for name, s in rows:
-        per = [pct(s[d["channel"] == c], d["label"][d["channel"] == c]) for c in channels]
-        print(f"| {name} | {pct(s, d['label'])} | " + " | ".join(per) + " |")
+        per = [pct(s[m], labels[m]) for m in groups.values()]
+        print(f"| {name} | {pct(s, labels) + ' | ' if first else ''}" + " | ".join(per) + " |")
     print()
 
 
@@ -96,6 +112,7 @@ def main() -> None:
         help="comma-separated names of the scores to fuse (default: all of them)",
     )
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--by-attack", action="store_true", help="EER per attack too")
     a = p.parse_args()
     data = [read(spec) for spec in a.csv]
     applied_data = [read(spec) for spec in a.apply]
@@ -118,11 +135,13 @@ def main() -> None:
     start = 0
     for spec, d in zip(a.csv, data, strict=True):
         n = len(d["label"])
-        table(f"{spec} ({n} windows; fusion cross-fitted)", d, names, fused[start : start + n])
+        title = f"{spec} ({n} windows; fusion cross-fitted)"
+        table(title, d, names, fused[start : start + n], a.by_attack)
         start += n
     for spec, d in zip(a.apply, applied_data, strict=True):
         applied = bias + d["scores"][:, cols] @ weights
-        table(f"{spec} ({len(d['label'])} windows; never fitted on)", d, names, applied)
+        title = f"{spec} ({len(d['label'])} windows; never fitted on)"
+        table(title, d, names, applied, a.by_attack)
 
 
 if __name__ == "__main__":

@@ -157,6 +157,21 @@ def test_eval_with_a_screen_reports_each_band_from_the_command_line(
            if x.startswith("| ") and not x.startswith("| |")}  # fmt: skip
     assert got["third"] == f"{100 * eer(third[labels], third[~labels])[0]:.1f} %"
     assert got["fusion"] == f"{100 * eer(pair[labels], pair[~labels])[0]:.1f} %"
+    proc = subprocess.run(  # and per attack: each attack's spoofs against every bona fide window
+        [sys.executable, str(REPO / "scripts" / "fusion_from_scores.py"), spec,
+         "--names", "aasist,gmm,third", "--fuse", "gmm,third", "--by-attack"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    attack = np.array([r["attack"] for r in table])
+    attacks = sorted(set(attack[~labels]))
+    assert len(attacks) >= 2
+    lines = proc.stdout.splitlines()
+    assert "| | " + " | ".join(attacks) + " |" in lines
+    per_attack = [x for x in lines if x.startswith("| fusion |")][1].split("|")[2:-1]
+    for a, got_a in zip(attacks, per_attack, strict=True):
+        m = labels | (attack == a)
+        assert got_a.strip() == f"{100 * eer(pair[m & labels], pair[m & ~labels])[0]:.1f} %"
     with open(joined, "w", newline="") as f:  # a window missing: refused, not misaligned
         writer = csv.DictWriter(f, fieldnames=list(table[0]))
         writer.writeheader()
