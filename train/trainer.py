@@ -44,7 +44,13 @@ from voicescreen.audio import load_audio
 from voicescreen.models.registry import get_architecture
 from voicescreen.models.store import portable_path
 from voicescreen.train.augment import rng_for
-from voicescreen.train.checkpoints import EpochTally, TrainResult, end_epoch, restore_checkpoint
+from voicescreen.train.checkpoints import (
+    EpochTally,
+    TrainResult,
+    end_epoch,
+    load_checkpoint,
+    restore_checkpoint,
+)
 from voicescreen.train.data import Utterance, balanced_subset, load_split
 from voicescreen.train.dataset import ClipDataset, EpochSampler, describe, files_digest, mix_seed
 from voicescreen.train.evaluate import is_asvspoof2019, score_utterances
@@ -132,6 +138,8 @@ def train(
     the run); ``export`` writes a calibrated bundle there once all epochs are done.
     """
     out = Path(out_dir)
+    if resume:  # say so now, not after minutes of loading data and caching features
+        load_checkpoint(out / "checkpoint.pt")
     out.mkdir(parents=True, exist_ok=True)
     progress = sys.stderr.isatty() if progress is None else progress
     (out / "recipe.json").write_text(json.dumps(recipe.to_dict(), indent=2) + "\n")

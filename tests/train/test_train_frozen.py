@@ -131,6 +131,18 @@ def test_features_are_cached_and_recomputed_when_their_inputs_change(
     assert sum(calls) == 2 * 2  # its 2 clips x 2 copies
 
 
+def test_resume_without_a_checkpoint_fails_before_any_work(small_corpus, tmp_path, monkeypatch):
+    from voicescreen.train.start import TrainError
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("features were computed for a run that cannot resume")
+
+    monkeypatch.setattr(frozen, "prefix_runner", no_work)
+    with pytest.raises(TrainError, match="no checkpoint to resume from"):
+        train(small_recipe(), small_corpus, tmp_path / "never", resume=True, progress=False)
+    assert not (tmp_path / "never").exists()
+
+
 def test_resume_reproduces_the_uninterrupted_frozen_run(small_corpus, tmp_path):
     recipe = small_recipe()
     whole = train(recipe, small_corpus, tmp_path / "whole", progress=False)
